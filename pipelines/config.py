@@ -1,0 +1,166 @@
+"""Configuration: conf/base.yaml deep-merged with conf/<env>.yaml, validated into pydantic models.
+
+The environment is chosen by CONVERGE_ENV (default ``dev``); CONVERGE_LAKEHOUSE overrides the
+lakehouse root (tests and benchmarks point it at a temporary folder). Validation errors name the
+file(s) and the dotted key that is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = Path(os.environ.get("CONVERGE_CONF_DIR", PROJECT_ROOT / "conf"))
+
+
+class ConfigError(ValueError):
+    """A configuration file is missing, unparsable or invalid."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LakehouseConfig(_Strict):
+    root: Path
+    landing: Path
+    checkpoints: Path
+
+
+class SparkConfig(_Strict):
+    master: str = "local[2]"
+    app_name: str = "converge"
+    driver_memory: str = "3g"
+    shuffle_partitions: int = Field(4, ge=1)
+    ivy_dir: Path = Path(".ivy2")
+    packages: list[str] = []
+    conf: dict[str, str] = {}
+
+
+class SourcesConfig(_Strict):
+    priority: list[str] = Field(min_length=1)
+    default_phone_region: str = "US"
+
+
+class StreamingConfig(_Strict):
+    trigger: str = "available_now"
+    max_files_per_trigger: int = Field(50, ge=1)
+
+    @field_validator("trigger")
+    @classmethod
+    def _known_trigger(cls, v: str) -> str:
+        if v != "available_now" and not re.fullmatch(r"\d+(\.\d+)? ?s(econds?)?", v):
+            raise ValueError("must be 'available_now' or a processing time such as '2 seconds'")
+        return v
+
+
+class EventsConfig(_Strict):
+    max_event_bytes: int = Field(32768, ge=1)
+    min_event_time: str = "2000-01-01T00:00:00Z"
+    max_future_seconds: int = Field(86400, ge=0)
+
+
+class IdentityConfig(_Strict):
+    max_component_size: int = Field(200, ge=2)
+    blocklist: dict[str, list[str]] = {}
+
+    @field_validator("blocklist")
+    @classmethod
+    def _valid_patterns(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        for id_type, values in v.items():
+            for value in values:
+                if value.startswith("^"):
+                    try:
+                        re.compile(value)
+                    except re.error as exc:
+                        raise ValueError(f"{id_type}: bad regular expression {value!r}: {exc}") from exc
+        return v
+
+
+class ProfilesConfig(_Strict):
+    preview_rows: int = Field(10, ge=0)
+
+
+class Config(_Strict):
+    env: str = "dev"
+    lakehouse: LakehouseConfig
+    spark: SparkConfig
+    sources: SourcesConfig
+    streaming: StreamingConfig = StreamingConfig()
+    events: EventsConfig = EventsConfig()
+    identity: IdentityConfig = IdentityConfig()
+    profiles: ProfilesConfig = ProfilesConfig()
+
+    def table_path(self, layer: str, table: str) -> str:
+        """Absolute path of a Delta table, e.g. ``table_path("silver", "events")``."""
+        return str(self.lakehouse.root / layer / table)
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``override`` into a copy of ``base``; nested dicts merge, anything else replaces."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError as exc:
+        raise ConfigError(f"{path}: configuration file not found") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    return data
+
+
+def _absolute(path: Path) -> Path:
+    return path if path.is_absolute() else (PROJECT_ROOT / path).resolve()
+
+
+def load_config(env: str | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Load and validate the configuration for ``env`` (default: $CONVERGE_ENV or ``dev``)."""
+    env = env or os.environ.get("CONVERGE_ENV", "dev")
+    files = [CONF_DIR / "base.yaml"]
+    env_file = CONF_DIR / f"{env}.yaml"
+    if env_file.exists():
+        files.append(env_file)
+    elif env != "dev":
+        raise ConfigError(f"{env_file}: no configuration for CONVERGE_ENV={env!r}")
+    merged: dict[str, Any] = {}
+    for f in files:
+        merged = deep_merge(merged, _read_yaml(f))
+    merged["env"] = env
+    lakehouse_override = os.environ.get("CONVERGE_LAKEHOUSE")
+    if lakehouse_override:
+        root = Path(lakehouse_override)
+        merged.setdefault("lakehouse", {})
+        merged["lakehouse"].update(
+            root=str(root), landing=str(root / "landing"), checkpoints=str(root / "_checkpoints")
+        )
+    if overrides:
+        merged = deep_merge(merged, overrides)
+    try:
+        cfg = Config.model_validate(merged)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{' + '.join(str(f) for f in files)}: {problems}") from exc
+    lh = cfg.lakehouse
+    cfg.lakehouse = LakehouseConfig(
+        root=_absolute(lh.root), landing=_absolute(lh.landing), checkpoints=_absolute(lh.checkpoints)
+    )
+    cfg.spark.ivy_dir = _absolute(cfg.spark.ivy_dir)
+    return cfg

@@ -1,0 +1,168 @@
+"""Delta reads and writes, the table registry and catalog registration: the only Delta I/O in pipelines/.
+
+Every table Converge keeps is named here once (``layer.table``); paths come from conf.
+Writes are idempotent where a retry can happen: appends take Delta's ``txnAppId``/``txnVersion``
+writer options, MERGEs set the equivalent session confs right before and clear them right after.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from delta.tables import DeltaTable
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.types import StructType
+
+from pipelines.config import Config
+
+T = TypeVar("T")
+
+TABLES: dict[str, str] = {
+    "bronze.crm_customers": "raw CRM/shop customer rows, one per CSV line, payload kept as a string map",
+    "bronze.orders": "raw order rows, payload kept as a string map",
+    "bronze.events": "raw clickstream lines exactly as they landed",
+    "silver.customers": "normalised customer records, one per (source_system, source_id)",
+    "silver.orders": "typed orders, one per order_id",
+    "silver.events": "typed Segment events, one per messageId, corrected event time",
+    "silver.identity_edges": "identifier <-> identifier edges with rule and source record",
+    "gold.identity_graph": "identifier -> profile_id",
+    "gold.profiles": "one golden profile per person",
+    "quarantine.crm_customers": "customer rows that could not be loaded, with reason",
+    "quarantine.orders": "order rows that could not be loaded, with reason",
+    "quarantine.events": "events that could not be loaded, with reason",
+    "quarantine.identity_components": "components larger than the size bound, not published",
+    "ops.load_audit": "per load/batch ledger: rows in, out, quarantined, duplicates",
+}
+LAYERS = sorted({name.split(".")[0] for name in TABLES})
+
+_CONFLICTS = (
+    "ConcurrentAppendException",
+    "ConcurrentDeleteReadException",
+    "ConcurrentDeleteDeleteException",
+    "ConcurrentTransactionException",
+    "MetadataChangedException",
+    "ProtocolChangedException",
+)
+
+
+def path_of(cfg: Config, name: str) -> str:
+    """Filesystem path of the registered table ``layer.table``."""
+    if name not in TABLES:
+        raise KeyError(f"unknown table {name!r}; known tables: {', '.join(TABLES)}")
+    layer, table = name.split(".")
+    return cfg.table_path(layer, table)
+
+
+def exists(spark: SparkSession, cfg: Config, name: str) -> bool:
+    return DeltaTable.isDeltaTable(spark, path_of(cfg, name))
+
+
+def read(spark: SparkSession, cfg: Config, name: str) -> DataFrame:
+    """Read a table by name; a clear error when it has not been built yet."""
+    if not exists(spark, cfg, name):
+        raise FileNotFoundError(f"table {name} does not exist yet at {path_of(cfg, name)}; materialize it first")
+    return spark.read.format("delta").load(path_of(cfg, name))
+
+
+def version(spark: SparkSession, cfg: Config, name: str) -> int:
+    history = DeltaTable.forPath(spark, path_of(cfg, name)).history(1).select("version").first()
+    return int(history[0]) if history else -1
+
+
+def ensure(spark: SparkSession, cfg: Config, name: str, schema: StructType, properties: dict[str, str] | None = None) -> None:
+    """Create the table empty with ``schema`` if it does not exist (a MERGE needs a target)."""
+    builder = DeltaTable.createIfNotExists(spark).location(path_of(cfg, name)).addColumns(schema)
+    for key, value in (properties or {}).items():
+        builder = builder.property(key, value)
+    retry_on_conflict(builder.execute)
+    _register(spark, cfg, name)
+
+
+def overwrite(df: DataFrame, cfg: Config, name: str) -> None:
+    """Replace a derived table's content (its history stays for time travel)."""
+    spark = df.sparkSession
+    (
+        df.write.format("delta")
+        .mode("overwrite")
+        .option("overwriteSchema", "true")
+        .save(path_of(cfg, name))
+    )
+    _register(spark, cfg, name)
+
+
+def append(df: DataFrame, cfg: Config, name: str, txn_app_id: str | None = None, txn_version: int | None = None) -> None:
+    """Blind append; with ``txn_app_id``/``txn_version`` a retried write of the same version is skipped."""
+    writer = df.write.format("delta").mode("append")
+    if txn_app_id is not None and txn_version is not None:
+        writer = writer.option("txnAppId", txn_app_id).option("txnVersion", txn_version)
+    retry_on_conflict(lambda: writer.save(path_of(cfg, name)))
+    _register(df.sparkSession, cfg, name)
+
+
+def merge_insert_new(
+    df: DataFrame,
+    cfg: Config,
+    name: str,
+    keys: Sequence[str],
+    txn_app_id: str | None = None,
+    txn_version: int | None = None,
+) -> None:
+    """Insert the rows of ``df`` whose ``keys`` the table does not hold yet (durable dedup over all history).
+
+    ``df`` must already be unique on ``keys``. The Delta idempotency session confs are set only for
+    this MERGE and always cleared, so they never leak into another write of this session.
+    """
+    spark = df.sparkSession
+    target = DeltaTable.forPath(spark, path_of(cfg, name))
+    condition = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
+
+    def run() -> None:
+        if txn_app_id is not None and txn_version is not None:
+            spark.conf.set("spark.databricks.delta.write.txnAppId", txn_app_id)
+            spark.conf.set("spark.databricks.delta.write.txnVersion", str(txn_version))
+        try:
+            target.alias("t").merge(df.alias("s"), condition).whenNotMatchedInsertAll().execute()
+        finally:
+            spark.conf.unset("spark.databricks.delta.write.txnAppId")
+            spark.conf.unset("spark.databricks.delta.write.txnVersion")
+
+    retry_on_conflict(run)
+
+
+def retry_on_conflict(fn: Callable[[], T], attempts: int = 6, base_delay: float = 0.5) -> T:
+    """Run ``fn``, retrying Delta optimistic-concurrency conflicts with jittered exponential backoff."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except Exception as exc:  # Delta raises these as py4j/Spark errors whose class name is in the text
+            text = f"{type(exc).__name__}: {exc}"
+            if attempt == attempts - 1 or not any(c in text for c in _CONFLICTS):
+                raise
+            time.sleep(base_delay * (2**attempt) * (0.5 + random.random()))
+    raise AssertionError("unreachable")
+
+
+def _register(spark: SparkSession, cfg: Config, name: str) -> None:
+    """Point the catalog name at the table's path (external table: dropping the name keeps the data)."""
+    layer, _ = name.split(".")
+    path = path_of(cfg, name)
+    spark.sql(f"CREATE DATABASE IF NOT EXISTS {layer}")
+    if spark.catalog.tableExists(name):
+        location = spark.sql(f"DESCRIBE DETAIL {name}").select("location").first()
+        if location and location[0].rstrip("/").endswith(path.rstrip("/")):
+            return
+        spark.sql(f"DROP TABLE {name}")
+    spark.sql(f"CREATE TABLE IF NOT EXISTS {name} USING DELTA LOCATION '{path}'")
+
+
+def register_tables(spark: SparkSession, cfg: Config) -> list[str]:
+    """Register every table that exists on disk; returns the registered names."""
+    registered = []
+    for name in TABLES:
+        if exists(spark, cfg, name):
+            _register(spark, cfg, name)
+            registered.append(name)
+    return registered

@@ -1,0 +1,42 @@
+"""The one way Converge starts Spark: Delta + GraphFrames, sized from conf, tables registered."""
+
+from __future__ import annotations
+
+import os
+
+from delta.pip_utils import configure_spark_with_delta_pip
+from pyspark.sql import SparkSession
+
+from pipelines.config import Config
+from pipelines.io import register_tables
+
+
+def get_spark(cfg: Config) -> SparkSession:
+    """Return the process's SparkSession, creating it from ``cfg`` on first use.
+
+    Maven packages (the Delta jar, GraphFrames) resolve into ``spark.ivy_dir`` inside the project
+    on first start; later starts read that cache and need no network. Every Delta table that exists
+    under the lakehouse root is registered in the catalog, so ``SELECT * FROM gold.profiles`` works.
+    """
+    active = SparkSession.getActiveSession()
+    if active is None:
+        os.makedirs(cfg.spark.ivy_dir, exist_ok=True)
+        builder = (
+            SparkSession.builder.master(cfg.spark.master)
+            .appName(cfg.spark.app_name)
+            .config("spark.driver.memory", cfg.spark.driver_memory)
+            .config("spark.sql.shuffle.partitions", str(cfg.spark.shuffle_partitions))
+            .config("spark.jars.ivy", str(cfg.spark.ivy_dir))
+            .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
+            .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
+            .config("spark.sql.warehouse.dir", str(cfg.lakehouse.root / "_warehouse"))
+            .config("spark.driver.extraJavaOptions", f"-Dderby.system.home={cfg.lakehouse.root / '_derby'}")
+        )
+        for key, value in cfg.spark.conf.items():
+            builder = builder.config(key, value)
+        builder = configure_spark_with_delta_pip(builder, extra_packages=cfg.spark.packages)
+        active = builder.getOrCreate()
+        active.sparkContext.setLogLevel("WARN")
+    active.sparkContext.setCheckpointDir(str(cfg.lakehouse.checkpoints / "spark"))
+    register_tables(active, cfg)
+    return active
