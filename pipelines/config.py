@@ -43,9 +43,39 @@ class SparkConfig(_Strict):
     conf: dict[str, str] = {}
 
 
+CANONICAL_CUSTOMER_COLUMNS = (
+    "source_id", "user_id", "first_name", "last_name", "email", "phone", "street", "city", "postal_code",
+    "country", "date_of_birth", "created_at", "updated_at",
+)
+
+
+class SourceSystemConfig(_Strict):
+    columns: dict[str, str]
+
+    @field_validator("columns")
+    @classmethod
+    def _canonical(cls, v: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(v) - set(CANONICAL_CUSTOMER_COLUMNS))
+        if unknown:
+            raise ValueError(f"unknown canonical columns {unknown}; allowed: {list(CANONICAL_CUSTOMER_COLUMNS)}")
+        if "source_id" not in v:
+            raise ValueError("a source system must map source_id")
+        return v
+
+
 class SourcesConfig(_Strict):
     priority: list[str] = Field(min_length=1)
     default_phone_region: str = "US"
+    systems: dict[str, SourceSystemConfig]
+    country_aliases: dict[str, str] = {}
+
+    @field_validator("systems")
+    @classmethod
+    def _names(cls, v: dict[str, SourceSystemConfig]) -> dict[str, SourceSystemConfig]:
+        for name in v:
+            if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+                raise ValueError(f"system name {name!r} must be lower-case letters, digits and _")
+        return v
 
 
 class StreamingConfig(_Strict):
@@ -129,8 +159,11 @@ def _absolute(path: Path) -> Path:
     return path if path.is_absolute() else (PROJECT_ROOT / path).resolve()
 
 
-def load_config(env: str | None = None, overrides: dict[str, Any] | None = None) -> Config:
-    """Load and validate the configuration for ``env`` (default: $CONVERGE_ENV or ``dev``)."""
+def load_config(env: str | None = None, overrides: dict[str, Any] | None = None, lakehouse: str | None = None) -> Config:
+    """Load and validate the configuration for ``env`` (default: $CONVERGE_ENV or ``dev``).
+
+    ``lakehouse`` (else $CONVERGE_LAKEHOUSE) moves the whole lakehouse: tables, landing and checkpoints.
+    """
     env = env or os.environ.get("CONVERGE_ENV", "dev")
     files = [CONF_DIR / "base.yaml"]
     env_file = CONF_DIR / f"{env}.yaml"
@@ -142,7 +175,7 @@ def load_config(env: str | None = None, overrides: dict[str, Any] | None = None)
     for f in files:
         merged = deep_merge(merged, _read_yaml(f))
     merged["env"] = env
-    lakehouse_override = os.environ.get("CONVERGE_LAKEHOUSE")
+    lakehouse_override = lakehouse or os.environ.get("CONVERGE_LAKEHOUSE")
     if lakehouse_override:
         root = Path(lakehouse_override)
         merged.setdefault("lakehouse", {})

@@ -7,14 +7,17 @@ writer options, MERGEs set the equivalent session confs right before and clear t
 
 from __future__ import annotations
 
+import csv
 import random
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TypeVar
 
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql.types import StructType
+from pyspark.sql import functions as F
+from pyspark.sql.types import StringType, StructField, StructType
 
 from pipelines.config import Config
 
@@ -34,7 +37,6 @@ TABLES: dict[str, str] = {
     "quarantine.orders": "order rows that could not be loaded, with reason",
     "quarantine.events": "events that could not be loaded, with reason",
     "quarantine.identity_components": "components larger than the size bound, not published",
-    "ops.load_audit": "per load/batch ledger: rows in, out, quarantined, duplicates",
 }
 LAYERS = sorted({name.split(".")[0] for name in TABLES})
 
@@ -109,8 +111,9 @@ def merge_insert_new(
     keys: Sequence[str],
     txn_app_id: str | None = None,
     txn_version: int | None = None,
-) -> None:
+) -> int:
     """Insert the rows of ``df`` whose ``keys`` the table does not hold yet (durable dedup over all history).
+    Returns the number of rows inserted (0 when Delta skipped an already-committed txn version).
 
     ``df`` must already be unique on ``keys``. The Delta idempotency session confs are set only for
     this MERGE and always cleared, so they never leak into another write of this session.
@@ -119,17 +122,74 @@ def merge_insert_new(
     target = DeltaTable.forPath(spark, path_of(cfg, name))
     condition = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
 
-    def run() -> None:
+    def run() -> int:
         if txn_app_id is not None and txn_version is not None:
             spark.conf.set("spark.databricks.delta.write.txnAppId", txn_app_id)
             spark.conf.set("spark.databricks.delta.write.txnVersion", str(txn_version))
         try:
-            target.alias("t").merge(df.alias("s"), condition).whenNotMatchedInsertAll().execute()
+            metrics = target.alias("t").merge(df.alias("s"), condition).whenNotMatchedInsertAll().execute().first()
+            return int(metrics["num_inserted_rows"]) if metrics else 0
         finally:
             spark.conf.unset("spark.databricks.delta.write.txnAppId")
             spark.conf.unset("spark.databricks.delta.write.txnVersion")
 
-    retry_on_conflict(run)
+    return retry_on_conflict(run)
+
+
+def source_path(col: F.Column) -> F.Column:
+    """A plain filesystem path from Spark's file URI (``file:/a%20b/x.csv`` -> ``/a b/x.csv``)."""
+    return F.url_decode(F.regexp_replace(col, r"^file:(//)?", ""))
+
+
+def landing_files(folder: Path, pattern: str) -> list[str]:
+    """Complete files in a landing folder (writers rename in; dot/underscore names are in-flight)."""
+    return sorted(str(p) for p in folder.glob(pattern) if p.is_file() and not p.name.startswith((".", "_")))
+
+
+def loaded_files(spark: SparkSession, cfg: Config, name: str) -> set[str]:
+    """Source files a bronze table already holds, so a rerun loads only new files."""
+    if not exists(spark, cfg, name):
+        return set()
+    return {r[0] for r in read(spark, cfg, name).select("source_file").distinct().collect()}
+
+
+def read_csv_raw(spark: SparkSession, files: list[str]) -> DataFrame:
+    """CSV files sharing a header, every column a string, malformed lines kept in ``_corrupt_record``.
+
+    No type inference: bronze keeps values exactly as sent, and typing happens in silver with try_cast.
+    """
+    with open(files[0], newline="", encoding="utf-8") as fh:
+        header = next(csv.reader(fh), None)
+    if not header:
+        raise ValueError(f"{files[0]}: empty CSV file, expected a header line")
+    schema = StructType([StructField(c, StringType()) for c in header] + [StructField("_corrupt_record", StringType())])
+    return (
+        spark.read.schema(schema)
+        .option("header", "true")
+        .option("mode", "PERMISSIVE")
+        .option("columnNameOfCorruptRecord", "_corrupt_record")
+        .csv(files)
+        .withColumn("_source_file", source_path(F.col("_metadata.file_path")))
+    )
+
+
+def read_text_stream(spark: SparkSession, folder: Path, pattern: str, max_files_per_trigger: int) -> DataFrame:
+    """Stream new files of ``folder`` line by line: ``value``, ``source_file``, ``loaded_at`` (file time).
+
+    The file's modification time is the load time: a retried micro-batch then rebuilds identical rows.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    return (
+        spark.readStream.format("text")
+        .option("pathGlobFilter", pattern)
+        .option("maxFilesPerTrigger", max_files_per_trigger)
+        .load(str(folder))
+        .select(
+            F.col("value"),
+            source_path(F.col("_metadata.file_path")).alias("source_file"),
+            F.col("_metadata.file_modification_time").alias("loaded_at"),
+        )
+    )
 
 
 def retry_on_conflict(fn: Callable[[], T], attempts: int = 6, base_delay: float = 0.5) -> T:

@@ -1,0 +1,133 @@
+"""Clickstream: raw Segment-spec JSON lines -> typed silver events (+ quarantine with a reason).
+
+The event time to trust is ``receivedAt - (sentAt - timestamp)``: the client's clock error cancels out
+(Segment's own rule). When sentAt is missing the client timestamp is used as is; when receivedAt is
+missing too (replayed files from another tool) the client timestamp is used. Nested ``properties``,
+``traits`` and ``context`` are kept as JSON text, and the fields identity needs are extracted.
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql.types import StringType, StructField, StructType
+
+from pipelines.normalize import blank_to_null, normalize_email
+from pipelines.records import keep_one_per_key
+
+EVENT_TYPES = ["track", "identify", "page", "screen", "group", "alias"]
+
+# Objects parsed into StringType keep their JSON text, so one schema takes any properties/traits/context.
+RAW_EVENT_SCHEMA = StructType(
+    [StructField(name, StringType()) for name in (
+        "messageId", "type", "event", "name", "userId", "anonymousId", "previousId", "groupId",
+        "timestamp", "sentAt", "receivedAt", "originalTimestamp", "properties", "traits", "context",
+    )] + [StructField("_corrupt_record", StringType())]
+)
+
+SILVER_COLUMNS = [
+    "message_id", "type", "event", "name", "user_id", "anonymous_id", "previous_id", "group_id",
+    "event_time", "client_timestamp", "sent_at", "received_at", "properties", "traits", "context",
+    "trait_email", "context_ip", "user_agent", "_source_file", "_loaded_at",
+]
+QUARANTINE_COLUMNS = ["feed", "source_file", "loaded_at", "raw", "reason"]
+
+
+def _ts(col: Column) -> Column:
+    return F.expr(f"try_cast({col._jc.toString()} AS TIMESTAMP)")  # noqa: SLF001 - column name only
+
+
+def parse_events(raw: DataFrame, max_event_bytes: int, min_event_time: str, max_future_seconds: int) -> DataFrame:
+    """Parse ``value`` lines (with ``source_file`` and ``loaded_at``) into typed columns + ``_reject_reason``.
+
+    Rejected, first match wins: over the size limit, not a JSON object, no messageId, unknown type,
+    neither userId nor anonymousId (alias: userId and previousId), track without event, alias without
+    previousId, a timestamp that does not parse, an event time before ``min_event_time`` or more than
+    ``max_future_seconds`` after it was loaded.
+    """
+    trimmed = F.trim(F.col("value"))
+    parsed = raw.withColumn(
+        "j",
+        F.when(
+            trimmed.startswith("{"),
+            F.from_json(F.col("value"), RAW_EVENT_SCHEMA, {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": "_corrupt_record"}),
+        ),
+    )
+    j = F.col("j")
+    client_ts = _ts(F.coalesce(j["timestamp"], j["originalTimestamp"]))
+    df = parsed.select(
+        F.col("value"),
+        F.col("source_file"),
+        F.col("loaded_at"),
+        blank_to_null(j["messageId"]).alias("message_id"),
+        F.lower(blank_to_null(j["type"])).alias("type"),
+        blank_to_null(j["event"]).alias("event"),
+        blank_to_null(j["name"]).alias("name"),
+        blank_to_null(j["userId"]).alias("user_id"),
+        blank_to_null(j["anonymousId"]).alias("anonymous_id"),
+        blank_to_null(j["previousId"]).alias("previous_id"),
+        blank_to_null(j["groupId"]).alias("group_id"),
+        F.coalesce(j["timestamp"], j["originalTimestamp"]).alias("_raw_ts"),
+        client_ts.alias("client_timestamp"),
+        _ts(j["sentAt"]).alias("sent_at"),
+        _ts(j["receivedAt"]).alias("received_at"),
+        j["properties"].alias("properties"),
+        j["traits"].alias("traits"),
+        j["context"].alias("context"),
+        j["_corrupt_record"].alias("_corrupt"),
+        j.isNull().alias("_not_object"),
+    )
+    skew = F.col("sent_at").cast("double") - F.col("client_timestamp").cast("double")
+    corrected = F.when(
+        F.col("received_at").isNotNull() & F.col("sent_at").isNotNull(),
+        F.timestamp_seconds(F.col("received_at").cast("double") - skew),
+    ).otherwise(F.col("client_timestamp"))
+    df = (
+        df.withColumn("event_time", corrected)
+        .withColumn("trait_email", normalize_email(F.get_json_object("traits", "$.email")))
+        .withColumn("context_ip", F.get_json_object("context", "$.ip"))
+        .withColumn("user_agent", F.get_json_object("context", "$.userAgent"))
+    )
+    is_alias = F.col("type") == "alias"
+    no_identity = F.when(
+        is_alias, F.col("user_id").isNull()
+    ).otherwise(F.col("user_id").isNull() & F.col("anonymous_id").isNull())
+    reason = (
+        F.when(F.length(F.encode(F.col("value"), "UTF-8")) > max_event_bytes, F.lit("event_too_large"))
+        .when(F.col("_not_object") | F.col("_corrupt").isNotNull(), F.lit("invalid_json"))
+        .when(F.col("message_id").isNull(), F.lit("missing_message_id"))
+        .when(~F.coalesce(F.col("type").isin(EVENT_TYPES), F.lit(False)), F.lit("invalid_type"))
+        .when(no_identity, F.lit("missing_identity"))
+        .when((F.col("type") == "track") & F.col("event").isNull(), F.lit("missing_event_name"))
+        .when(is_alias & F.col("previous_id").isNull(), F.lit("missing_previous_id"))
+        .when(F.col("client_timestamp").isNull(), F.lit("invalid_timestamp"))
+        .when(F.col("event_time") < F.to_timestamp(F.lit(min_event_time)), F.lit("timestamp_out_of_range"))
+        .when(
+            F.col("event_time") > F.col("loaded_at") + F.expr(f"make_interval(0,0,0,0,0,0,{max_future_seconds})"),
+            F.lit("timestamp_out_of_range"),
+        )
+    )
+    return df.withColumn("_reject_reason", reason)
+
+
+def silver_events(parsed: DataFrame) -> DataFrame:
+    """Accepted events, one per messageId (the earliest loaded copy wins, deterministically)."""
+    accepted = parsed.filter(F.col("_reject_reason").isNull()).select(
+        *[c for c in SILVER_COLUMNS if not c.startswith("_")],
+        F.col("source_file").alias("_source_file"),
+        F.col("loaded_at").alias("_loaded_at"),
+        F.col("value").alias("_raw"),
+    )
+    order = [F.col("_loaded_at").asc(), F.col("_source_file").asc(), F.col("_raw").asc()]
+    return keep_one_per_key(accepted, ["message_id"], order).select(*SILVER_COLUMNS)
+
+
+def quarantined_events(parsed: DataFrame) -> DataFrame:
+    """Rejected lines with the raw text, where they came from and why."""
+    return parsed.filter(F.col("_reject_reason").isNotNull()).select(
+        F.lit("events").alias("feed"),
+        "source_file",
+        "loaded_at",
+        F.col("value").alias("raw"),
+        F.col("_reject_reason").alias("reason"),
+    )

@@ -1,0 +1,195 @@
+"""Identity resolution: identifiers observed together -> edges -> connected components -> profile ids.
+
+An identifier is ``type:value`` (``email:ann@example.com``, ``crm_id:C0001``, ``anonymous_id:...``).
+Identifiers observed in one record (a CRM row, an identify/alias/track call) are linked by edges, each
+with the rule and the source record that produced it; a person is a connected component.
+Blocklisted values (``test@test.com``, ``undefined`` ...) never become identifiers, so they cannot glue
+strangers together; a component larger than the size bound is quarantined instead of published.
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark import StorageLevel
+
+from pipelines.normalize import blocked
+
+OBSERVATION_COLUMNS = ["identifier", "id_type", "rule", "source_table", "source_record", "seen_at"]
+EDGE_COLUMNS = ["src", "dst", "rule", "source_table", "source_record", "first_seen", "last_seen", "evidence_count"]
+
+
+def _observe(df: DataFrame, pairs: list[tuple[str, str]], rule: F.Column, table: str, record: F.Column, seen: F.Column) -> DataFrame:
+    """One row per (record, identifier) for the listed (id_type, column) pairs; nulls dropped."""
+    structs = [
+        F.struct(F.lit(t).alias("id_type"), F.col(c).cast("string").alias("value")) for t, c in pairs
+    ]
+    return (
+        df.select(rule.alias("rule"), record.alias("source_record"), seen.alias("seen_at"), F.explode(F.array(*structs)).alias("o"))
+        .filter(F.col("o.value").isNotNull())
+        .select(
+            F.concat_ws(":", "o.id_type", "o.value").alias("identifier"),
+            F.col("o.id_type").alias("id_type"),
+            F.col("o.value").alias("value"),
+            "rule",
+            F.lit(table).alias("source_table"),
+            "source_record",
+            "seen_at",
+        )
+    )
+
+
+def identifier_observations(customers: DataFrame, events: DataFrame, blocklist: dict[str, list[str]]) -> DataFrame:
+    """Every identifier in every source record, minus blocklisted values.
+
+    Customers contribute their record id (``<system>_id``), email, phone and linked web user_id. Events
+    contribute userId, anonymousId and identify traits' email; an alias call's previousId is the
+    anonymousId the visitor had before (analytics.js sends it that way).
+    """
+    cust = _observe(
+        customers,
+        [("email", "email"), ("phone", "phone"), ("user_id", "user_id")],
+        F.concat(F.lit("crm_record:"), F.col("source_system")),
+        "silver.customers",
+        F.concat_ws(":", "source_system", "source_id"),
+        F.coalesce("updated_at", "created_at", "_loaded_at"),
+    ).unionByName(
+        customers.select(
+            F.concat(F.col("source_system"), F.lit("_id:"), F.col("source_id")).alias("identifier"),
+            F.concat(F.col("source_system"), F.lit("_id")).alias("id_type"),
+            F.col("source_id").alias("value"),
+            F.concat(F.lit("crm_record:"), F.col("source_system")).alias("rule"),
+            F.lit("silver.customers").alias("source_table"),
+            F.concat_ws(":", "source_system", "source_id").alias("source_record"),
+            F.coalesce("updated_at", "created_at", "_loaded_at").alias("seen_at"),
+        )
+    )
+    ev = _observe(
+        events,
+        [("user_id", "user_id"), ("anonymous_id", "anonymous_id"), ("anonymous_id", "previous_id"), ("email", "trait_email")],
+        F.concat(F.lit("event:"), F.col("type")),
+        "silver.events",
+        F.col("message_id"),
+        F.col("event_time"),
+    )
+    obs = cust.unionByName(ev)
+    is_blocked = F.lit(False)
+    for id_type, patterns in blocklist.items():
+        is_blocked = is_blocked | ((F.col("id_type") == id_type) & blocked(F.col("value"), patterns))
+    return obs.filter(~is_blocked).select(*OBSERVATION_COLUMNS)
+
+
+def build_edges(observations: DataFrame) -> DataFrame:
+    """Link the identifiers of each source record (a star on the record's smallest identifier).
+
+    Identical edges from many records are collapsed; the edge keeps its rule, the first source record
+    that produced it (the explanation), when it was first and last seen and how many records agree.
+    """
+    anchors = observations.groupBy("source_table", "source_record").agg(F.min("identifier").alias("anchor"))
+    linked = (
+        observations.join(anchors, ["source_table", "source_record"])
+        .filter(F.col("identifier") != F.col("anchor"))
+        .select(F.col("anchor").alias("src"), F.col("identifier").alias("dst"), "rule", "source_table", "source_record", "seen_at")
+    )
+    first = F.min_by(F.struct("source_table", "source_record"), F.struct("seen_at", "source_record"))
+    return (
+        linked.groupBy("src", "dst", "rule")
+        .agg(
+            first.alias("f"),
+            F.min("seen_at").alias("first_seen"),
+            F.max("seen_at").alias("last_seen"),
+            F.count(F.lit(1)).alias("evidence_count"),
+        )
+        .select("src", "dst", "rule", "f.source_table", "f.source_record", "first_seen", "last_seen", "evidence_count")
+    )
+
+
+def _large_star(edges: DataFrame) -> DataFrame:
+    both = edges.select("src", "dst").unionByName(edges.select(F.col("dst").alias("src"), F.col("src").alias("dst")))
+    mins = both.groupBy("src").agg(F.least(F.min("dst"), F.col("src")).alias("m"))
+    return (
+        both.join(mins, "src")
+        .filter(F.col("dst") > F.col("src"))
+        .select(F.col("dst").alias("src"), F.col("m").alias("dst"))
+        .distinct()
+    )
+
+
+def _small_star(edges: DataFrame) -> DataFrame:
+    oriented = edges.select(F.greatest("src", "dst").alias("src"), F.least("src", "dst").alias("dst"))
+    mins = oriented.groupBy("src").agg(F.min("dst").alias("m"))
+    joined = oriented.join(mins, "src")
+    return (
+        joined.select(F.col("dst").alias("src"), F.col("m").alias("dst"))
+        .unionByName(joined.select("src", F.col("m").alias("dst")))
+        .filter(F.col("src") != F.col("dst"))
+        .distinct()
+    )
+
+
+def connected_components(vertices: DataFrame, edges: DataFrame, max_iterations: int = 100) -> DataFrame:
+    """``(id, component)`` with component = the smallest id in the vertex's connected component.
+
+    The two-phase large-star/small-star algorithm (Kiveris et al., "Connected Components in MapReduce
+    and Beyond", 2014): O(log^2 n) rounds of joins. It is what GraphFrames' ``two_phase`` runs; we write it
+    on DataFrames because the GraphFrames jar is not on the Maven registry this project installs from.
+    """
+    current = (
+        edges.select(F.greatest("src", "dst").alias("src"), F.least("src", "dst").alias("dst"))
+        .filter(F.col("src") != F.col("dst"))
+        .distinct()
+        .localCheckpoint()
+    )
+    for _ in range(max_iterations):
+        after_large = _large_star(current).localCheckpoint()
+        after_small = _small_star(after_large).persist(StorageLevel.MEMORY_AND_DISK).localCheckpoint()
+        changed = after_small.exceptAll(current).limit(1).count() + current.exceptAll(after_small).limit(1).count()
+        current = after_small
+        if changed == 0:
+            break
+    else:
+        raise RuntimeError(f"connected components did not converge in {max_iterations} rounds")
+    # Converged: every edge points from a vertex straight to its component's minimum.
+    return (
+        vertices.select(F.col("id"))
+        .distinct()
+        .join(current.withColumnRenamed("src", "id"), "id", "left")
+        .select("id", F.coalesce("dst", "id").alias("component"))
+    )
+
+
+def identity_graph(observations: DataFrame, edges: DataFrame, max_component_size: int) -> tuple[DataFrame, DataFrame]:
+    """``(graph, oversized)``: identifier -> profile_id for components within the size bound, and one row
+    per oversized component with its size and its most-connected identifiers (to find the junk id)."""
+    vertices = observations.select(F.col("identifier").alias("id"), "id_type").dropDuplicates(["id"])
+    cc = connected_components(vertices.select("id"), edges)
+    sized = cc.withColumn("component_size", F.count(F.lit(1)).over(_by_component())).join(vertices, "id")
+    profile_id = F.concat(F.lit("p_"), F.substring(F.sha2(F.col("component"), 256), 1, 20))
+    graph = sized.filter(F.col("component_size") <= max_component_size).select(
+        F.col("id").alias("identifier"),
+        "id_type",
+        F.expr("substring(id, length(id_type) + 2)").alias("id_value"),
+        profile_id.alias("profile_id"),
+        "component_size",
+    )
+    degree = (
+        edges.select(F.col("src").alias("id")).unionByName(edges.select(F.col("dst").alias("id"))).groupBy("id").count()
+    )
+    oversized = (
+        sized.filter(F.col("component_size") > max_component_size)
+        .join(degree, "id", "left")
+        .groupBy("component", "component_size")
+        .agg(F.slice(F.sort_array(F.collect_list(F.struct(-F.coalesce("count", F.lit(0)), F.col("id")))), 1, 10).alias("top"))
+        .select(
+            profile_id.alias("component_id"),
+            "component_size",
+            F.transform("top", lambda s: s["id"]).alias("most_connected_identifiers"),
+        )
+    )
+    return graph, oversized
+
+
+def _by_component():
+    from pyspark.sql import Window
+
+    return Window.partitionBy("component")
