@@ -123,20 +123,21 @@ class _EventWriter:
 
 def _person_events(rng: random.Random, pid: int, person: dict, end: datetime) -> Iterator[dict]:
     """Sessions on 1-3 devices: anonymous browsing first, identify (login or newsletter) later."""
-    devices = 1 if rng.random() < 0.8 else (2 if rng.random() < 0.85 else 3)
+    identifies = bool(person["user_id"] or person["newsletter"])
+    # A second or third device is only linkable through a login (identify), as in real life, so people who
+    # never identify browse on one device: the ground truth then holds only what a CDP could know.
+    devices = 1 if not identifies or rng.random() < 0.8 else (2 if rng.random() < 0.85 else 3)
     for d in range(devices):
         anon = str(uuid.UUID(int=rng.getrandbits(128)))
         person["anonymous_ids"].append(anon)
         skew = timedelta(seconds=rng.choice([0, 0, 0, rng.randint(-3600, 3600)]))  # wrong device clocks
         agent, ip = rng.choice(AGENTS), f"203.0.{rng.randint(0, 255)}.{rng.randint(1, 254)}"
-        t = end - timedelta(days=rng.uniform(1, 180))
+        t = end - timedelta(days=rng.uniform(12, 180))  # 3 sessions at most 72 h apart always end before `end`
         sessions = rng.randint(1, 3)
-        identify_at = rng.randint(0, sessions - 1) if (person["user_id"] or person["newsletter"]) else -1
+        identify_at = rng.randint(0, sessions - 1) if identifies else -1
         identified = False
         for s in range(sessions):
             t += timedelta(hours=rng.uniform(1, 72))
-            if t > end:
-                break
             for e in range(rng.randint(1, 4)):
                 t += timedelta(seconds=rng.randint(5, 300))
                 calls: list[tuple[str, dict]] = []
@@ -245,9 +246,12 @@ def generate(people: int, seed: int, out: str | Path, end: str = "2026-11-01T00:
                         if rng.random() < 0.02:  # re-sent export line: an exact duplicate
                             orders.writerow(row)
                             counts.order_rows += 1
-            if not (has_crm or has_shop) and not person["user_id"] and rng.random() < 0.3:
-                person["newsletter"] = False  # some people only ever browse anonymously
-            for msg in _person_events(rng, i, person, end_ts):
+            known = has_crm or has_shop or bool(person["user_id"])
+            # Known customers who browse identify there (login, or newsletter sign-up with their email); some
+            # only ever buy offline. Unknown visitors browse anonymously, and half of them leave an email.
+            browses = rng.random() < 0.8 if known else True
+            person["newsletter"] = True if known else rng.random() < 0.5
+            for msg in (_person_events(rng, i, person, end_ts) if browses else ()):
                 line = json.dumps(msg, separators=(",", ":"))
                 events.write(line)
                 counts.event_lines += 1

@@ -39,6 +39,7 @@ def attribute_candidates(graph: DataFrame, customers: DataFrame, events: DataFra
         "profile_id",
         _rank(priority).alias("_rank"),
         F.coalesce("updated_at", "created_at", "_loaded_at").alias("_ts"),
+        F.coalesce("created_at", "updated_at", "_loaded_at").alias("_created"),
         "first_name", "last_name", "email", "phone", "street", "city", "postal_code", "country", "date_of_birth",
         F.concat_ws(":", "source_system", "source_id").alias("source_record"),
     )
@@ -50,6 +51,7 @@ def attribute_candidates(graph: DataFrame, customers: DataFrame, events: DataFra
         "profile_id",
         F.lit(len(priority)).alias("_rank"),
         F.col("event_time").alias("_ts"),
+        F.col("event_time").alias("_created"),
         F.initcap(F.trim(F.get_json_object("traits", "$.firstName"))).alias("first_name"),
         F.initcap(F.trim(F.get_json_object("traits", "$.lastName"))).alias("last_name"),
         F.col("trait_email").alias("email"),
@@ -72,7 +74,7 @@ def build_profiles(graph: DataFrame, customers: DataFrame, orders: DataFrame, ev
         _survivor("phone").alias("phone"),
         _survivor("_address").alias("address"),
         _survivor("date_of_birth").alias("date_of_birth"),
-        F.min("_ts").alias("_first_record"),
+        F.min("_created").alias("_first_record"),
         F.array_sort(F.collect_set("source_record")).alias("source_records"),
     )
     ids = graph.groupBy("profile_id").agg(

@@ -1,0 +1,46 @@
+# Converge: every target creates the virtual environment from the lock file when it is missing or stale.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export DAGSTER_HOME := $(CURDIR)/.dagster_home
+export PYSPARK_PYTHON := $(CURDIR)/$(BIN)/python
+
+.PHONY: install demo test ui check lint format bench lock clean
+
+$(BIN)/.installed: requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip>=24"
+	$(BIN)/pip install --quiet --require-hashes -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps -e .
+	touch $@
+
+install: $(BIN)/.installed
+
+demo: install  ## generate demo data, materialize every asset through Dagster, print the summary
+	$(BIN)/converge demo --reset --people $${PEOPLE:-5000}
+
+test: install  ## the whole suite
+	$(BIN)/pytest
+
+ui: install  ## Dagster webserver + daemon on 127.0.0.1:3000 with the instance from dagster.yaml
+	mkdir -p $(DAGSTER_HOME) && cp dagster.yaml $(DAGSTER_HOME)/dagster.yaml
+	$(BIN)/dagster dev -h 127.0.0.1 -p 3000 -m jobs.definitions
+
+check: install  ## lint, format check and types
+	$(BIN)/ruff check pipelines assets jobs tests benchmarks
+	$(BIN)/ruff format --check pipelines assets jobs tests benchmarks
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff format pipelines assets jobs tests benchmarks
+	$(BIN)/ruff check --fix pipelines assets jobs tests benchmarks
+
+bench: install  ## demo pipeline wall time and peak memory at 10k and 100k people -> docs/benchmarks.md
+	$(BIN)/python -m benchmarks.pipeline $${BENCH_PEOPLE:-10000 100000}
+
+lock:  ## re-resolve requirements.lock from pyproject.toml (needs uv: pip install uv)
+	uv pip compile pyproject.toml --extra dev --python-version 3.11 --generate-hashes -o requirements.lock
+
+clean:
+	rm -rf lakehouse .dagster_home .pytest_cache

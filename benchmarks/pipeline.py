@@ -1,0 +1,91 @@
+"""Benchmark: the whole demo pipeline (converge_all through Dagster) at several sizes.
+
+For each size: generate the demo data, then run `converge run` in a fresh process (JVM start included, as a
+user sees it), sampling the resident memory of the whole process tree (Python driver + JVM) every 0.2 s.
+Results are appended to docs/benchmarks.md. Usage: python -m benchmarks.pipeline 10000 100000
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.machine import machine_details
+from pipelines.demo_data import generate
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS = ROOT / "benchmarks" / "_runs"
+REPORT = ROOT / "docs" / "benchmarks.md"
+
+
+def _tree_rss_kb(pid: int) -> int:
+    total, stack = 0, [pid]
+    while stack:
+        p = stack.pop()
+        try:
+            total += next(int(line.split()[1]) for line in open(f"/proc/{p}/status") if line.startswith("VmRSS"))
+            for task in os.listdir(f"/proc/{p}/task"):
+                stack += [int(c) for c in open(f"/proc/{p}/task/{task}/children").read().split()]
+        except (FileNotFoundError, ProcessLookupError, StopIteration):
+            continue
+    return total
+
+
+def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[float, int, subprocess.CompletedProcess]:
+    t0 = time.time()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, _tree_rss_kb(proc.pid))
+        time.sleep(0.2)
+    out, err = proc.communicate()
+    return time.time() - t0, peak, subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def bench(people: int) -> dict:
+    lakehouse = RUNS / f"pipeline_{people}"
+    shutil.rmtree(lakehouse, ignore_errors=True)
+    t0 = time.time()
+    generate(people, 42, lakehouse / "landing")
+    gen_s = time.time() - t0
+    env = os.environ | {"CONVERGE_LAKEHOUSE": str(lakehouse), "DAGSTER_HOME": str(lakehouse / "_dagster")}
+    Path(env["DAGSTER_HOME"]).mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(ROOT / "dagster.yaml", Path(env["DAGSTER_HOME"]) / "dagster.yaml")
+    converge = str(Path(sys.executable).parent / "converge")
+    wall, peak_kb, res = run_measured([converge, "run"], env)
+    if res.returncode != 0:
+        raise SystemExit(f"pipeline failed at {people} people:\n{res.stdout}\n{res.stderr[-4000:]}")
+    tables = subprocess.run([converge, "tables", "--format", "json"], env=env, capture_output=True, text=True, check=True)
+    rows = {r["table"]: r["rows"] for r in map(json.loads, tables.stdout.splitlines())}
+    score = json.loads(subprocess.run([converge, "score"], env=env, capture_output=True, text=True, check=True).stdout)
+    return {"people": people, "generate_s": round(gen_s, 1), "pipeline_s": round(wall, 1), "peak_rss_gib": round(peak_kb / 1024 / 1024, 2),
+            "events": rows.get("bronze.events"), "profiles": rows.get("gold.profiles"),
+            "precision": round(score["precision"], 4), "recall": round(score["recall"], 4)}
+
+
+def main(sizes: list[int]) -> None:
+    results = [bench(n) for n in sizes]
+    m = machine_details()
+    lines = [
+        f"\n## Demo pipeline, {m['date']}",
+        "",
+        "Whole `converge_all` job through Dagster in a fresh process (JVM start included), demo data of N people;",
+        "peak memory = resident set of the process tree (Python driver + Spark JVM), sampled every 0.2 s.",
+        "",
+        "| people | bronze events | profiles | generate (s) | pipeline wall (s) | peak RSS (GiB) | precision | recall |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ] + [f"| {r['people']:,} | {r['events']:,} | {r['profiles']:,} | {r['generate_s']} | {r['pipeline_s']} | {r['peak_rss_gib']} | "
+         f"{r['precision']} | {r['recall']} |" for r in results] + ["", "Machine: " + "; ".join(f"{k} {v}" for k, v in m.items()), ""]
+    REPORT.parent.mkdir(exist_ok=True)
+    if not REPORT.exists():
+        REPORT.write_text("# Benchmarks\n\nProduced by `make bench`; newest results last. Machines are shared and noisy: compare within one run.\n")
+    with open(REPORT, "a") as fh:
+        fh.write("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main([int(a) for a in sys.argv[1:]] or [10_000, 100_000])

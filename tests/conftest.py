@@ -1,0 +1,33 @@
+"""Shared fixtures: one SparkSession with Delta for the whole suite, a fresh lakehouse folder per test."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ["CONVERGE_ENV"] = "test"
+
+from pipelines.config import Config, load_config  # noqa: E402
+from pipelines.spark import get_spark  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def session_lakehouse(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("lakehouse")
+    os.environ["CONVERGE_LAKEHOUSE"] = str(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def spark(session_lakehouse):
+    session = get_spark(load_config("test"))
+    yield session
+    session.stop()
+
+
+@pytest.fixture
+def cfg(spark, tmp_path) -> Config:
+    """Configuration pointing at an empty lakehouse of this test's own."""
+    c = load_config("test", lakehouse=str(tmp_path / "lakehouse"))
+    spark.sparkContext.setCheckpointDir(str(c.lakehouse.checkpoints / "spark"))
+    return c

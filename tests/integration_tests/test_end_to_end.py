@@ -1,0 +1,116 @@
+"""The whole pipeline through Dagster on a small generated data set, with deliberately bad rows."""
+
+import io as pyio
+import json
+import os
+from contextlib import redirect_stdout
+
+import pytest
+from dagster import DagsterInstance
+
+from jobs.cli import main as converge
+from jobs.definitions import defs
+from pipelines import io
+from pipelines.config import load_config
+from pipelines.demo_data import generate
+from pipelines.evaluate import pairwise_scores
+
+PEOPLE = 400
+
+
+def _land_bad_rows(landing):
+    (landing / "customers/crm/bad_crm.csv").write_text(
+        "customer_id,first_name,last_name,email,phone,street,city,postal_code,country,date_of_birth,created_at,updated_at\n"
+        ",Nobody,Noid,nobody@x.com,,,,,,,,\n"
+        'C999,"Unclosed,quote,,,,,,,,,\n'
+    )
+    (landing / "orders/bad_orders.csv").write_text(
+        "order_id,source_system,customer_id,order_date,amount,currency,status\nBAD1,crm,C1,2026-01-01,twelve,USD,completed\n"
+    )
+    (landing / "events/bad.jsonl").write_text('{"type": "track", "event": "x"\n[1,2]\n{"messageId": "q1", "type": "page"}\n')
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(spark, tmp_path_factory):
+    lakehouse = tmp_path_factory.mktemp("e2e")
+    old = os.environ.get("CONVERGE_LAKEHOUSE")
+    os.environ["CONVERGE_LAKEHOUSE"] = str(lakehouse)
+    cfg = load_config()
+    counts = generate(PEOPLE, 20261121, cfg.lakehouse.landing)
+    _land_bad_rows(cfg.lakehouse.landing)
+    result = defs.resolve_job_def("converge_all").execute_in_process(instance=DagsterInstance.ephemeral(), raise_on_error=False)
+    yield result, cfg, counts
+    if old is None:
+        os.environ.pop("CONVERGE_LAKEHOUSE")
+    else:
+        os.environ["CONVERGE_LAKEHOUSE"] = old
+
+
+def test_every_asset_materializes_and_every_check_passes(pipeline_run):
+    result, _, _ = pipeline_run
+    assert result.success
+    materialized = {e.asset_key.to_user_string().replace("/", ".") for e in result.get_asset_materialization_events()
+                    for e in [e.event_specific_data.materialization]}
+    assert materialized == set(io.TABLES)
+    evaluations = result.get_asset_check_evaluations()
+    assert len(evaluations) == 10
+    assert [e.check_name for e in evaluations if not e.passed] == []
+
+
+def test_counts_reconcile_and_bad_rows_are_quarantined_with_reasons(pipeline_run, spark):
+    result, cfg, counts = pipeline_run
+    recs = {e.metadata["feed"].value: {k: v.value for k, v in e.metadata.items()}
+            for e in result.get_asset_check_evaluations() if e.check_name == "reconciliation"}
+    assert set(recs) == {"customers", "orders", "events"}
+    for rec in recs.values():
+        assert rec["balanced"] and rec["bronze"] == rec["silver"] + rec["quarantined"] + rec["duplicates"]
+    assert recs["customers"]["bronze"] == counts.crm_rows + counts.shop_rows + 2
+    assert recs["events"]["bronze"] == counts.event_lines + 3
+    assert recs["events"]["duplicates"] == counts.duplicate_event_lines
+    reasons = {(r.feed, r.reason) for t in ("quarantine.crm_customers", "quarantine.orders", "quarantine.events")
+               for r in io.read(spark, cfg, t).select("feed", "reason").distinct().collect()}
+    assert {("crm", "missing_source_id"), ("crm", "malformed_csv_line"), ("orders", "invalid_amount"),
+            ("events", "invalid_json"), ("events", "missing_identity")} <= reasons
+
+
+def test_identity_graph_scores_against_ground_truth(pipeline_run, spark):
+    _, cfg, counts = pipeline_run
+    truth = spark.read.option("header", "true").csv(str(cfg.lakehouse.landing / "ground_truth.csv"))
+    scores = pairwise_scores(io.read(spark, cfg, "gold.identity_graph"), truth)
+    assert scores["precision"] >= 0.99, scores
+    assert scores["recall"] >= 0.98, scores
+    profiles = io.read(spark, cfg, "gold.profiles").count()
+    assert abs(profiles - counts.people) / counts.people <= 0.02, (profiles, counts.people)
+
+
+def test_converge_sql_reads_the_registered_tables(pipeline_run, spark):
+    _, cfg, _ = pipeline_run
+    out = pyio.StringIO()
+    with redirect_stdout(out):
+        assert converge(["sql", "select count(*) as n, count(distinct profile_id) as d from gold.profiles", "--format", "json"]) == 0
+    row = json.loads(out.getvalue().strip())
+    assert row["n"] == row["d"] == io.read(spark, cfg, "gold.profiles").count()
+    out = pyio.StringIO()
+    with redirect_stdout(out):
+        converge(["sql", "select profile_id, emails from gold.profiles order by profile_id limit 2", "--format", "csv"])
+    lines = out.getvalue().strip().splitlines()
+    assert lines[0] == "profile_id,emails" and len(lines) == 3
+    out = pyio.StringIO()
+    with redirect_stdout(out):
+        converge(["sql", "select 1 as one"])
+    assert out.getvalue().splitlines() == ["+-------+", "|   one |", "|-------|", "|     1 |", "+-------+"]
+
+
+def test_exploration_notebook_runs_end_to_end(pipeline_run):
+    """The notebook runs in its own kernel (its own Spark JVM) against the lakehouse the pipeline built."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    from pipelines.config import PROJECT_ROOT
+
+    nb = nbformat.read(PROJECT_ROOT / "notebooks" / "explore_profiles.ipynb", as_version=4)
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit notebooks with outputs stripped"
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(PROJECT_ROOT)}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert "profiles" in str(outputs[1]) and "source_record" in str(outputs[2])

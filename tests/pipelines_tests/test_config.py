@@ -1,0 +1,58 @@
+from pathlib import Path
+
+import pytest
+
+from pipelines import config as config_module
+from pipelines.config import ConfigError, deep_merge, load_config
+
+
+def test_deep_merge_merges_nested_and_replaces_leaves():
+    base = {"a": {"b": 1, "c": [1, 2]}, "d": 1}
+    assert deep_merge(base, {"a": {"c": [3]}, "e": 2}) == {"a": {"b": 1, "c": [3]}, "d": 1, "e": 2}
+    assert base == {"a": {"b": 1, "c": [1, 2]}, "d": 1}
+
+
+def test_env_file_overrides_base_and_paths_are_absolute():
+    cfg = load_config("test")
+    assert cfg.spark.shuffle_partitions == 2  # from test.yaml
+    assert cfg.spark.master == "local[2]"  # from base.yaml
+    assert cfg.lakehouse.root.is_absolute() and cfg.spark.ivy_dir.is_absolute()
+
+
+def test_lakehouse_argument_moves_tables_landing_and_checkpoints(tmp_path):
+    cfg = load_config("test", lakehouse=str(tmp_path))
+    assert cfg.table_path("gold", "profiles") == str(tmp_path / "gold" / "profiles")
+    assert cfg.lakehouse.landing == tmp_path / "landing"
+    assert cfg.lakehouse.checkpoints == tmp_path / "_checkpoints"
+
+
+def _conf_dir(tmp_path: Path, extra: str) -> Path:
+    base = (config_module.PROJECT_ROOT / "conf" / "base.yaml").read_text()
+    (tmp_path / "base.yaml").write_text(base)
+    (tmp_path / "broken.yaml").write_text(extra)
+    return tmp_path
+
+
+def test_invalid_value_names_the_files_and_the_key(tmp_path, monkeypatch):
+    monkeypatch.setattr(config_module, "CONF_DIR", _conf_dir(tmp_path, "spark:\n  shuffle_partitions: 0\n"))
+    with pytest.raises(ConfigError) as err:
+        load_config("broken")
+    assert "broken.yaml" in str(err.value) and "spark.shuffle_partitions" in str(err.value)
+
+
+def test_unknown_key_and_bad_regex_are_rejected(tmp_path, monkeypatch):
+    monkeypatch.setattr(config_module, "CONF_DIR", _conf_dir(tmp_path, "identity:\n  blocklist: {email: ['^(']}\n  typo: 1\n"))
+    with pytest.raises(ConfigError) as err:
+        load_config("broken")
+    assert "identity.typo" in str(err.value) and "bad regular expression" in str(err.value)
+
+
+def test_source_system_must_map_source_id(tmp_path, monkeypatch):
+    monkeypatch.setattr(config_module, "CONF_DIR", _conf_dir(tmp_path, "sources:\n  systems:\n    erp: {columns: {email: mail}}\n"))
+    with pytest.raises(ConfigError, match="sources.systems.erp.columns"):
+        load_config("broken")
+
+
+def test_unknown_environment_is_an_error():
+    with pytest.raises(ConfigError, match="no configuration for CONVERGE_ENV='nope'"):
+        load_config("nope")

@@ -1,0 +1,96 @@
+import random
+from datetime import datetime
+
+from chispa import assert_df_equality
+
+from pipelines.identity import build_edges, connected_components, identifier_observations, identity_graph
+
+CUSTOMER_SCHEMA = ("source_system string, source_id string, user_id string, email string, phone string, "
+                   "updated_at timestamp, created_at timestamp, _loaded_at timestamp")
+EVENT_SCHEMA = ("message_id string, type string, user_id string, anonymous_id string, previous_id string, "
+                "trait_email string, event_time timestamp")
+T = datetime(2026, 1, 1)
+
+
+def _union_find(nodes, edges):
+    parent = {n: n for n in nodes}
+
+    def find(x):
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in edges:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    comps = {}
+    for n in nodes:
+        comps.setdefault(find(n), []).append(n)
+    return {n: min(members) for members in comps.values() for n in members}
+
+
+def test_connected_components_match_union_find_on_random_graphs(spark):
+    rng = random.Random(7)
+    nodes = [f"n{i:04d}" for i in range(300)]
+    edges = [(rng.choice(nodes), rng.choice(nodes)) for _ in range(220)]
+    edges += [(nodes[i], nodes[i + 1]) for i in range(100, 160)]  # a long chain, the slow case for label propagation
+    got = connected_components(spark.createDataFrame([(n,) for n in nodes], "id string"),
+                               spark.createDataFrame(edges, "src string, dst string"))
+    expected = spark.createDataFrame(sorted(_union_find(nodes, edges).items()), "id string, component string")
+    assert_df_equality(got, expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def _inputs(spark):
+    customers = spark.createDataFrame([
+        ("crm", "C1", None, "ann@x.com", "+14150000001", T, T, T),
+        ("shop", "S1", "u1", "ann@x.com", None, T, T, T),
+        ("crm", "C2", None, "test@test.com", None, T, T, T),  # blocklisted email: must not link C2 and C3
+        ("crm", "C3", None, "test@test.com", "+14150000003", T, T, T),
+    ], CUSTOMER_SCHEMA)
+    events = spark.createDataFrame([
+        ("m1", "identify", "u1", "a1", None, "ann@x.com", T),
+        ("m2", "page", None, "a2", None, None, T),
+        ("m3", "alias", "u1", None, "a3", None, T),
+        ("m4", "page", "undefined", "a4", None, None, T),  # junk user id
+    ], EVENT_SCHEMA)
+    return customers, events
+
+
+def test_observations_edges_and_blocklist(spark, cfg):
+    customers, events = _inputs(spark)
+    obs = identifier_observations(customers, events, cfg.identity.blocklist)
+    ids = {r.identifier for r in obs.collect()}
+    assert "email:test@test.com" not in ids and "user_id:undefined" not in ids
+    assert {"crm_id:C1", "shop_id:S1", "user_id:u1", "anonymous_id:a3", "phone:+14150000001"} <= ids
+    edges = build_edges(obs)
+    rows = {(r.src, r.dst): r for r in edges.collect()}
+    alias = rows[("anonymous_id:a3", "user_id:u1")]
+    assert (alias.rule, alias.source_table, alias.source_record) == ("event:alias", "silver.events", "m3")
+    crm = rows[("crm_id:C1", "email:ann@x.com")]
+    assert (crm.rule, crm.source_record, crm.evidence_count) == ("crm_record:crm", "crm:C1", 1)
+    assert not any("C2" in s and "C3" in d for s, d in rows)
+
+
+def test_identity_graph_groups_people_and_quarantines_oversized(spark, cfg):
+    customers, events = _inputs(spark)
+    obs = identifier_observations(customers, events, cfg.identity.blocklist)
+    graph, oversized = identity_graph(obs, build_edges(obs), max_component_size=50)
+    by_id = {r.identifier: r.profile_id for r in graph.collect()}
+    ann = {"crm_id:C1", "shop_id:S1", "email:ann@x.com", "phone:+14150000001", "user_id:u1", "anonymous_id:a1", "anonymous_id:a3"}
+    assert len({by_id[i] for i in ann}) == 1
+    assert len({by_id["crm_id:C2"], by_id["crm_id:C3"], by_id["anonymous_id:a2"], by_id[next(iter(ann))]}) == 4
+    assert oversized.count() == 0
+    g2, big = identity_graph(obs, build_edges(obs), max_component_size=6)
+    assert not (set(r.identifier for r in g2.collect()) & ann), "the 7-identifier component is not published"
+    row = big.collect()[0]
+    assert row.component_size == 7 and row.most_connected_identifiers[0] == "user_id:u1"
+
+
+def test_profile_ids_are_the_same_on_a_rebuild(spark, cfg):
+    customers, events = _inputs(spark)
+    obs = identifier_observations(customers, events, cfg.identity.blocklist)
+    a = identity_graph(obs, build_edges(obs), 50)[0]
+    b = identity_graph(obs, build_edges(obs), 50)[0]
+    assert_df_equality(a, b, ignore_row_order=True)
