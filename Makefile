@@ -4,7 +4,6 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
-export PYSPARK_PYTHON := $(CURDIR)/$(BIN)/python
 
 .PHONY: install demo test ui check lint format bench lock clean
 

@@ -4,18 +4,28 @@ A failing blocking check stops the assets downstream of it in the same run, so b
 reaches identity resolution or profiles.
 """
 
-
 from datetime import datetime
 
-from dagster import AssetCheckResult, AssetCheckSeverity, AssetChecksDefinition, AssetKey, MetadataValue, asset_check
+from dagster import (
+    AssetCheckResult,
+    AssetChecksDefinition,
+    AssetCheckSeverity,
+    AssetKey,
+    MetadataValue,
+    asset_check,
+)
 
 from assets.resources import SparkResource
 from pipelines import io
 from pipelines.quality import run_suite, suite_for
 
 CHECKED_TABLES = [
-    "bronze.crm_customers", "bronze.orders", "bronze.events",
-    "silver.customers", "silver.orders", "silver.events",
+    "bronze.crm_customers",
+    "bronze.orders",
+    "bronze.events",
+    "silver.customers",
+    "silver.orders",
+    "silver.events",
     "gold.profiles",
 ]
 
@@ -28,12 +38,14 @@ def quality_check(table: str) -> AssetChecksDefinition:
         asset=AssetKey([layer, name]),
         name="quality",
         blocking=blocking,
-        description=f"Great Expectations suite for {table}" + (" (blocks downstream assets)" if blocking else ""),
+        description=f"Great Expectations suite for {table}"
+        + (" (blocks downstream assets)" if blocking else ""),
     )
     def _check(spark: SparkResource) -> AssetCheckResult:
         cfg, session = spark.config(), spark.session()
         expectations = suite_for(
-            table, list(cfg.sources.systems) + ["orders"] if table == "bronze.orders" else list(cfg.sources.systems),
+            table,
+            list(cfg.sources.systems) + ["orders"] if table == "bronze.orders" else list(cfg.sources.systems),
             datetime.fromisoformat(cfg.events.min_event_time.replace("Z", "+00:00")).replace(tzinfo=None),
             cfg.identity.max_component_size,
         )
@@ -41,8 +53,11 @@ def quality_check(table: str) -> AssetChecksDefinition:
         return AssetCheckResult(
             passed=result.success,
             severity=AssetCheckSeverity.ERROR if blocking else AssetCheckSeverity.WARN,
-            metadata={"expectations": result.evaluated, "failed": len(result.failed),
-                      "failures": MetadataValue.json(result.failed)},
+            metadata={
+                "expectations": result.evaluated,
+                "failed": len(result.failed),
+                "failures": MetadataValue.json(result.failed),
+            },
         )
 
     return _check

@@ -1,6 +1,5 @@
 """Identity and profile assets: edges, the identity graph and golden profiles."""
 
-
 from dagster import AssetExecutionContext, AssetKey, AssetSpec, MaterializeResult, asset, multi_asset
 
 from assets.metadata import table_result
@@ -12,7 +11,9 @@ from pipelines.profiles import build_profiles
 
 def _observations(session, cfg):
     return identifier_observations(
-        io.read(session, cfg, "silver.customers"), io.read(session, cfg, "silver.events"), cfg.identity.blocklist
+        io.read(session, cfg, "silver.customers"),
+        io.read(session, cfg, "silver.events"),
+        cfg.identity.blocklist,
     )
 
 
@@ -33,36 +34,67 @@ def identity_edges(spark: SparkResource) -> MaterializeResult:
     name="identity_graph",
     group_name="identity",
     specs=[
-        AssetSpec(["gold", "identity_graph"], description="Identifier -> profile_id (connected components over the edges).", deps=[AssetKey(["silver", "identity_edges"]), AssetKey(["silver", "customers"]), AssetKey(["silver", "events"])], kinds={"spark", "delta"}),
-        AssetSpec(["quarantine", "identity_components"], description="Components above the size bound: not published, listed with their most-connected identifiers.", deps=[AssetKey(["silver", "identity_edges"]), AssetKey(["silver", "customers"]), AssetKey(["silver", "events"])], kinds={"spark", "delta"}),
+        AssetSpec(
+            ["gold", "identity_graph"],
+            description="Identifier -> profile_id (connected components over the edges).",
+            deps=[
+                AssetKey(["silver", "identity_edges"]),
+                AssetKey(["silver", "customers"]),
+                AssetKey(["silver", "events"]),
+            ],
+            kinds={"spark", "delta"},
+        ),
+        AssetSpec(
+            ["quarantine", "identity_components"],
+            description="Components above the size bound: not published, listed with their most-connected identifiers.",
+            deps=[
+                AssetKey(["silver", "identity_edges"]),
+                AssetKey(["silver", "customers"]),
+                AssetKey(["silver", "events"]),
+            ],
+            kinds={"spark", "delta"},
+        ),
     ],
 )
 def identity_graph_assets(context: AssetExecutionContext, spark: SparkResource):
     """Connected components (large-star/small-star) over the edges; oversized components are quarantined."""
     cfg, session = spark.config(), spark.session()
-    graph, oversized = identity_graph(_observations(session, cfg), io.read(session, cfg, "silver.identity_edges"),
-                                      cfg.identity.max_component_size)
+    graph, oversized = identity_graph(
+        _observations(session, cfg),
+        io.read(session, cfg, "silver.identity_edges"),
+        cfg.identity.max_component_size,
+    )
     io.overwrite(graph, cfg, "gold.identity_graph")
     io.overwrite(oversized, cfg, "quarantine.identity_components")
     yield table_result(session, cfg, "gold.identity_graph")
     too_big = io.read(session, cfg, "quarantine.identity_components").count()
     if too_big:
-        context.log.warning(f"{too_big} component(s) above {cfg.identity.max_component_size} identifiers quarantined")
+        context.log.warning(
+            f"{too_big} component(s) above {cfg.identity.max_component_size} identifiers quarantined"
+        )
     yield table_result(session, cfg, "quarantine.identity_components")
 
 
 @asset(
     key_prefix="gold",
     group_name="profiles",
-    deps=[AssetKey(["gold", "identity_graph"]), AssetKey(["silver", "customers"]), AssetKey(["silver", "orders"]), AssetKey(["silver", "events"])],
+    deps=[
+        AssetKey(["gold", "identity_graph"]),
+        AssetKey(["silver", "customers"]),
+        AssetKey(["silver", "orders"]),
+        AssetKey(["silver", "events"]),
+    ],
     kinds={"spark", "delta"},
 )
 def profiles(spark: SparkResource) -> MaterializeResult:
     """One golden profile per person: survivorship by source priority then recency, orders and events rolled up."""
     cfg, session = spark.config(), spark.session()
     built = build_profiles(
-        io.read(session, cfg, "gold.identity_graph"), io.read(session, cfg, "silver.customers"),
-        io.read(session, cfg, "silver.orders"), io.read(session, cfg, "silver.events"), cfg.sources.priority,
+        io.read(session, cfg, "gold.identity_graph"),
+        io.read(session, cfg, "silver.customers"),
+        io.read(session, cfg, "silver.orders"),
+        io.read(session, cfg, "silver.events"),
+        cfg.sources.priority,
     )
     io.overwrite(built, cfg, "gold.profiles")
     return table_result(session, cfg, "gold.profiles", preview_rows=cfg.profiles.preview_rows)

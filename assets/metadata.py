@@ -1,6 +1,5 @@
 """Materialization metadata every table asset reports: row count, Delta version, path, a preview."""
 
-
 from typing import Any
 
 from dagster import AssetKey, MaterializeResult, MetadataValue
@@ -10,7 +9,9 @@ from pipelines import io
 from pipelines.config import Config
 
 
-def table_result(spark: SparkSession, cfg: Config, name: str, preview_rows: int = 5, **extra: Any) -> MaterializeResult:
+def table_result(
+    spark: SparkSession, cfg: Config, name: str, preview_rows: int = 5, **extra: Any
+) -> MaterializeResult:
     """A MaterializeResult for the table ``layer.name`` as it is now on disk."""
     df = io.read(spark, cfg, name)
     preview = df.limit(preview_rows).toPandas() if preview_rows else None

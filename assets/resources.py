@@ -1,6 +1,5 @@
 """Dagster resources: the Converge configuration and the process's one SparkSession."""
 
-
 from dagster import ConfigurableResource
 from pyspark.sql import SparkSession
 

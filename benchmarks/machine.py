@@ -4,11 +4,18 @@ import os
 import platform
 import subprocess
 from datetime import UTC, datetime
+from pathlib import Path
 
 
 def machine_details() -> dict[str, str]:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "unknown")
-    mem_kb = next(int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal"))
+    cpuinfo, meminfo = (
+        Path("/proc/cpuinfo").read_text().splitlines(),
+        Path("/proc/meminfo").read_text().splitlines(),
+    )
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "unknown"
+    )
+    mem_kb = next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal"))
     java = subprocess.run(["java", "-version"], capture_output=True, text=True).stderr.splitlines()[0]
     from importlib.metadata import version
 

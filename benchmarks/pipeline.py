@@ -26,9 +26,10 @@ def _tree_rss_kb(pid: int) -> int:
     while stack:
         p = stack.pop()
         try:
-            total += next(int(line.split()[1]) for line in open(f"/proc/{p}/status") if line.startswith("VmRSS"))
+            status = Path(f"/proc/{p}/status").read_text().splitlines()
+            total += next(int(line.split()[1]) for line in status if line.startswith("VmRSS"))
             for task in os.listdir(f"/proc/{p}/task"):
-                stack += [int(c) for c in open(f"/proc/{p}/task/{task}/children").read().split()]
+                stack += [int(c) for c in Path(f"/proc/{p}/task/{task}/children").read_text().split()]
         except (FileNotFoundError, ProcessLookupError, StopIteration):
             continue
     return total
@@ -58,30 +59,50 @@ def bench(people: int) -> dict:
     wall, peak_kb, res = run_measured([converge, "run"], env)
     if res.returncode != 0:
         raise SystemExit(f"pipeline failed at {people} people:\n{res.stdout}\n{res.stderr[-4000:]}")
-    tables = subprocess.run([converge, "tables", "--format", "json"], env=env, capture_output=True, text=True, check=True)
+    tables = subprocess.run(
+        [converge, "tables", "--format", "json"], env=env, capture_output=True, text=True, check=True
+    )
     rows = {r["table"]: r["rows"] for r in map(json.loads, tables.stdout.splitlines())}
-    score = json.loads(subprocess.run([converge, "score"], env=env, capture_output=True, text=True, check=True).stdout)
-    return {"people": people, "generate_s": round(gen_s, 1), "pipeline_s": round(wall, 1), "peak_rss_gib": round(peak_kb / 1024 / 1024, 2),
-            "events": rows.get("bronze.events"), "profiles": rows.get("gold.profiles"),
-            "precision": round(score["precision"], 4), "recall": round(score["recall"], 4)}
+    score = json.loads(
+        subprocess.run([converge, "score"], env=env, capture_output=True, text=True, check=True).stdout
+    )
+    return {
+        "people": people,
+        "generate_s": round(gen_s, 1),
+        "pipeline_s": round(wall, 1),
+        "peak_rss_gib": round(peak_kb / 1024 / 1024, 2),
+        "events": rows.get("bronze.events"),
+        "profiles": rows.get("gold.profiles"),
+        "precision": round(score["precision"], 4),
+        "recall": round(score["recall"], 4),
+    }
 
 
 def main(sizes: list[int]) -> None:
     results = [bench(n) for n in sizes]
     m = machine_details()
-    lines = [
-        f"\n## Demo pipeline, {m['date']}",
-        "",
-        "Whole `converge_all` job through Dagster in a fresh process (JVM start included), demo data of N people;",
-        "peak memory = resident set of the process tree (Python driver + Spark JVM), sampled every 0.2 s.",
-        "",
-        "| people | bronze events | profiles | generate (s) | pipeline wall (s) | peak RSS (GiB) | precision | recall |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ] + [f"| {r['people']:,} | {r['events']:,} | {r['profiles']:,} | {r['generate_s']} | {r['pipeline_s']} | {r['peak_rss_gib']} | "
-         f"{r['precision']} | {r['recall']} |" for r in results] + ["", "Machine: " + "; ".join(f"{k} {v}" for k, v in m.items()), ""]
+    lines = (
+        [
+            f"\n## Demo pipeline, {m['date']}",
+            "",
+            "Whole `converge_all` job through Dagster in a fresh process (JVM start included), demo data of N people;",
+            "peak memory = resident set of the process tree (Python driver + Spark JVM), sampled every 0.2 s.",
+            "",
+            "| people | bronze events | profiles | generate (s) | pipeline wall (s) | peak RSS (GiB) | precision | recall |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        + [
+            f"| {r['people']:,} | {r['events']:,} | {r['profiles']:,} | {r['generate_s']} | {r['pipeline_s']} | {r['peak_rss_gib']} | "
+            f"{r['precision']} | {r['recall']} |"
+            for r in results
+        ]
+        + ["", "Machine: " + "; ".join(f"{k} {v}" for k, v in m.items()), ""]
+    )
     REPORT.parent.mkdir(exist_ok=True)
     if not REPORT.exists():
-        REPORT.write_text("# Benchmarks\n\nProduced by `make bench`; newest results last. Machines are shared and noisy: compare within one run.\n")
+        REPORT.write_text(
+            "# Benchmarks\n\nProduced by `make bench`; newest results last. Machines are shared and noisy: compare within one run.\n"
+        )
     with open(REPORT, "a") as fh:
         fh.write("\n".join(lines))
     print("\n".join(lines))

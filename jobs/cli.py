@@ -1,16 +1,15 @@
 """`converge`: everything a user does outside the Dagster UI.
 
-    converge generate --people N --seed S --out DIR   demo data (CSV, JSON lines, ground truth)
-    converge run [--job converge_all]                 materialize through Dagster (recorded in the instance)
-    converge demo [--people N] [--reset]              generate + run + print the summary
-    converge sql "SELECT ..." [--format table|csv|json]
-    converge score [--truth FILE]                     identity graph vs ground truth
-    converge tables                                   the tables and their row counts
+converge generate --people N --seed S --out DIR   demo data (CSV, JSON lines, ground truth)
+converge run [--job converge_all]                 materialize through Dagster (recorded in the instance)
+converge demo [--people N] [--reset]              generate + run + print the summary
+converge sql "SELECT ..." [--format table|csv|json]
+converge score [--truth FILE]                     identity graph vs ground truth
+converge tables                                   the tables and their row counts
 """
 
 import argparse
 import json
-import os
 import shutil
 import sys
 import time
@@ -37,8 +36,16 @@ def _print_frame(pdf, fmt: str, out=None) -> None:
     else:
         from tabulate import tabulate
 
-        out.write(tabulate(pdf.astype(object).where(pdf.notna(), None), headers="keys", tablefmt="psql", showindex=False,
-                           missingval="NULL") + "\n")
+        out.write(
+            tabulate(
+                pdf.astype(object).where(pdf.notna(), None),
+                headers="keys",
+                tablefmt="psql",
+                showindex=False,
+                missingval="NULL",
+            )
+            + "\n"
+        )
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -63,12 +70,16 @@ def _report_run(result) -> list[dict]:
     checks = []
     for ev in result.get_asset_check_evaluations():
         meta = {k: getattr(v, "value", v) for k, v in ev.metadata.items()}
-        checks.append({"asset": ev.asset_key.to_user_string(), "check": ev.check_name, "passed": ev.passed} | meta)
+        checks.append(
+            {"asset": ev.asset_key.to_user_string(), "check": ev.check_name, "passed": ev.passed} | meta
+        )
     if not result.success:
         for event in result.all_events:
             if event.is_failure:
-                print(f"FAILED {event.step_key}: {event.event_specific_data.error.message if event.event_specific_data.error else event.message}",
-                      file=sys.stderr)
+                print(
+                    f"FAILED {event.step_key}: {event.event_specific_data.error.message if event.event_specific_data.error else event.message}",
+                    file=sys.stderr,
+                )
     return checks
 
 
@@ -76,7 +87,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = run_job(args.job)
     checks = _report_run(result)
     failed = [c for c in checks if not c["passed"]]
-    print(f"run {result.run_id}: {'succeeded' if result.success else 'FAILED'}; {len(checks)} checks, {len(failed)} failed")
+    print(
+        f"run {result.run_id}: {'succeeded' if result.success else 'FAILED'}; {len(checks)} checks, {len(failed)} failed"
+    )
     for c in failed:
         print(f"  check failed: {c['asset']} {c['check']}")
     return 0 if result.success else 1
@@ -95,8 +108,16 @@ def cmd_tables(args: argparse.Namespace) -> int:
     from pipelines import io
 
     spark, cfg = _spark()
-    rows = [{"table": n, "rows": io.read(spark, cfg, n).count(), "delta_version": io.version(spark, cfg, n), "what": d}
-            for n, d in io.TABLES.items() if io.exists(spark, cfg, n)]
+    rows = [
+        {
+            "table": n,
+            "rows": io.read(spark, cfg, n).count(),
+            "delta_version": io.version(spark, cfg, n),
+            "what": d,
+        }
+        for n, d in io.TABLES.items()
+        if io.exists(spark, cfg, n)
+    ]
     _print_frame(pd.DataFrame(rows), args.format)
     return 0
 
@@ -130,40 +151,79 @@ def cmd_demo(args: argparse.Namespace) -> int:
         shutil.rmtree(cfg.lakehouse.root)
     t0 = time.time()
     counts = generate(args.people, args.seed, cfg.lakehouse.landing)
-    print(f"generated {counts.people} people: {counts.crm_rows} crm + {counts.shop_rows} shop customers, "
-          f"{counts.order_rows} order lines, {counts.event_lines} event lines ({time.time() - t0:.1f}s)")
+    print(
+        f"generated {counts.people} people: {counts.crm_rows} crm + {counts.shop_rows} shop customers, "
+        f"{counts.order_rows} order lines, {counts.event_lines} event lines ({time.time() - t0:.1f}s)"
+    )
     t1 = time.time()
     result = run_job(DEFAULT_JOB)
     checks = _report_run(result)
-    print(f"\nDagster run {result.run_id}: {'succeeded' if result.success else 'FAILED'} in {time.time() - t1:.0f}s")
+    print(
+        f"\nDagster run {result.run_id}: {'succeeded' if result.success else 'FAILED'} in {time.time() - t1:.0f}s"
+    )
     if not result.success:
         return 1
     from pipelines import io
 
     spark, cfg = _spark()
     print("\nRow counts")
-    _print_frame(pd.DataFrame([{"table": n, "rows": io.read(spark, cfg, n).count()} for n in io.TABLES if io.exists(spark, cfg, n)]), "table")
+    _print_frame(
+        pd.DataFrame(
+            [
+                {"table": n, "rows": io.read(spark, cfg, n).count()}
+                for n in io.TABLES
+                if io.exists(spark, cfg, n)
+            ]
+        ),
+        "table",
+    )
     print("\nReconciliation (bronze = silver + quarantined + duplicates)")
     recs = [c for c in checks if c["check"] == "reconciliation"]
-    _print_frame(pd.DataFrame(recs)[["feed", "bronze", "silver", "quarantined", "duplicates", "balanced"]], "table")
-    print("\nData-quality checks: " + ", ".join(f"{c['asset']} {'ok' if c['passed'] else 'FAILED'}" for c in checks if c["check"] == "quality"))
+    _print_frame(
+        pd.DataFrame(recs)[["feed", "bronze", "silver", "quarantined", "duplicates", "balanced"]], "table"
+    )
+    print(
+        "\nData-quality checks: "
+        + ", ".join(
+            f"{c['asset']} {'ok' if c['passed'] else 'FAILED'}" for c in checks if c["check"] == "quality"
+        )
+    )
     profiles = io.read(spark, cfg, "gold.profiles")
     n_profiles = profiles.count()
     scores = _score(spark, cfg, cfg.lakehouse.landing / "ground_truth.csv")
-    print(f"\nIdentity: {n_profiles} golden profiles for {counts.people} true people "
-          f"({100 * (n_profiles - counts.people) / counts.people:+.2f}%); pairwise precision {scores['precision']:.4f}, "
-          f"recall {scores['recall']:.4f} against ground truth")
+    print(
+        f"\nIdentity: {n_profiles} golden profiles for {counts.people} true people "
+        f"({100 * (n_profiles - counts.people) / counts.people:+.2f}%); pairwise precision {scores['precision']:.4f}, "
+        f"recall {scores['recall']:.4f} against ground truth"
+    )
     print("\nTen golden profiles")
-    sample = profiles.orderBy(profiles.order_count.desc(), profiles.event_count.desc(), "profile_id").limit(10).select(
-        "profile_id", "first_name", "last_name", "email", "phone", "city", "country", "order_count", "lifetime_value",
-        "event_count", "identifier_count", "last_seen")
+    sample = (
+        profiles.orderBy(profiles.order_count.desc(), profiles.event_count.desc(), "profile_id")
+        .limit(10)
+        .select(
+            "profile_id",
+            "first_name",
+            "last_name",
+            "email",
+            "phone",
+            "city",
+            "country",
+            "order_count",
+            "lifetime_value",
+            "event_count",
+            "identifier_count",
+            "last_seen",
+        )
+    )
     _print_frame(sample.toPandas(), "table")
-    print("\nTry: converge sql \"select count(*) from gold.profiles\"   |   make ui  (http://127.0.0.1:3000)")
+    print('\nTry: converge sql "select count(*) from gold.profiles"   |   make ui  (http://127.0.0.1:3000)')
     return 0 if all(c["passed"] for c in checks) else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="converge", description="Converge: lakehouse-native customer data platform")
+    p = argparse.ArgumentParser(
+        prog="converge", description="Converge: lakehouse-native customer data platform"
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="write deterministic demo data")
@@ -189,7 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=int, default=1000, help="rows to print at most")
     s.set_defaults(fn=cmd_sql)
 
-    sc = sub.add_parser("score", help="score gold.identity_graph against a ground-truth CSV (identifier,person_id)")
+    sc = sub.add_parser(
+        "score", help="score gold.identity_graph against a ground-truth CSV (identifier,person_id)"
+    )
     sc.add_argument("--truth", default=None)
     sc.set_defaults(fn=cmd_score)
 
@@ -201,7 +263,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     try:
         return args.fn(args)
     except ConfigError as exc:

@@ -44,8 +44,19 @@ class SparkConfig(_Strict):
 
 
 CANONICAL_CUSTOMER_COLUMNS = (
-    "source_id", "user_id", "first_name", "last_name", "email", "phone", "street", "city", "postal_code",
-    "country", "date_of_birth", "created_at", "updated_at",
+    "source_id",
+    "user_id",
+    "first_name",
+    "last_name",
+    "email",
+    "phone",
+    "street",
+    "city",
+    "postal_code",
+    "country",
+    "date_of_birth",
+    "created_at",
+    "updated_at",
 )
 
 
@@ -57,7 +68,9 @@ class SourceSystemConfig(_Strict):
     def _canonical(cls, v: dict[str, str]) -> dict[str, str]:
         unknown = sorted(set(v) - set(CANONICAL_CUSTOMER_COLUMNS))
         if unknown:
-            raise ValueError(f"unknown canonical columns {unknown}; allowed: {list(CANONICAL_CUSTOMER_COLUMNS)}")
+            raise ValueError(
+                f"unknown canonical columns {unknown}; allowed: {list(CANONICAL_CUSTOMER_COLUMNS)}"
+            )
         if "source_id" not in v:
             raise ValueError("a source system must map source_id")
         return v
@@ -159,7 +172,9 @@ def _absolute(path: Path) -> Path:
     return path if path.is_absolute() else (PROJECT_ROOT / path).resolve()
 
 
-def load_config(env: str | None = None, overrides: dict[str, Any] | None = None, lakehouse: str | None = None) -> Config:
+def load_config(
+    env: str | None = None, overrides: dict[str, Any] | None = None, lakehouse: str | None = None
+) -> Config:
     """Load and validate the configuration for ``env`` (default: $CONVERGE_ENV or ``dev``).
 
     ``lakehouse`` (else $CONVERGE_LAKEHOUSE) moves the whole lakehouse: tables, landing and checkpoints.
@@ -187,9 +202,7 @@ def load_config(env: str | None = None, overrides: dict[str, Any] | None = None,
     try:
         cfg = Config.model_validate(merged)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
         raise ConfigError(f"{' + '.join(str(f) for f in files)}: {problems}") from exc
     lh = cfg.lakehouse
     cfg.lakehouse = LakehouseConfig(

@@ -14,9 +14,23 @@ from pipelines.normalize import blank_to_null, clean_name, normalize_country, no
 from pipelines.records import keep_one_per_key
 
 SILVER_COLUMNS = [
-    "source_system", "source_id", "user_id", "first_name", "last_name", "email", "phone", "street", "city",
-    "postal_code", "country", "date_of_birth", "created_at", "updated_at", "quality_flags",
-    "_source_file", "_loaded_at",
+    "source_system",
+    "source_id",
+    "user_id",
+    "first_name",
+    "last_name",
+    "email",
+    "phone",
+    "street",
+    "city",
+    "postal_code",
+    "country",
+    "date_of_birth",
+    "created_at",
+    "updated_at",
+    "quality_flags",
+    "_source_file",
+    "_loaded_at",
 ]
 
 
@@ -75,8 +89,13 @@ def standardize_customers(
         F.array(
             F.when(F.col("_raw_email").isNotNull() & F.col("email").isNull(), F.lit("invalid_email")),
             F.when(F.col("_raw_phone").isNotNull() & F.col("phone").isNull(), F.lit("invalid_phone")),
-            F.when(F.col("_raw_dob").isNotNull() & F.col("date_of_birth").isNull(), F.lit("invalid_date_of_birth")),
-            F.when(F.col("_raw_updated").isNotNull() & F.col("updated_at").isNull(), F.lit("invalid_updated_at")),
+            F.when(
+                F.col("_raw_dob").isNotNull() & F.col("date_of_birth").isNull(),
+                F.lit("invalid_date_of_birth"),
+            ),
+            F.when(
+                F.col("_raw_updated").isNotNull() & F.col("updated_at").isNull(), F.lit("invalid_updated_at")
+            ),
         )
     )
     reason = (

@@ -8,7 +8,7 @@ missing too (replayed files from another tool) the client timestamp is used. Nes
 
 from __future__ import annotations
 
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
@@ -19,25 +19,57 @@ EVENT_TYPES = ["track", "identify", "page", "screen", "group", "alias"]
 
 # Objects parsed into StringType keep their JSON text, so one schema takes any properties/traits/context.
 RAW_EVENT_SCHEMA = StructType(
-    [StructField(name, StringType()) for name in (
-        "messageId", "type", "event", "name", "userId", "anonymousId", "previousId", "groupId",
-        "timestamp", "sentAt", "receivedAt", "originalTimestamp", "properties", "traits", "context",
-    )] + [StructField("_corrupt_record", StringType())]
+    [
+        StructField(name, StringType())
+        for name in (
+            "messageId",
+            "type",
+            "event",
+            "name",
+            "userId",
+            "anonymousId",
+            "previousId",
+            "groupId",
+            "timestamp",
+            "sentAt",
+            "receivedAt",
+            "originalTimestamp",
+            "properties",
+            "traits",
+            "context",
+        )
+    ]
+    + [StructField("_corrupt_record", StringType())]
 )
 
 SILVER_COLUMNS = [
-    "message_id", "type", "event", "name", "user_id", "anonymous_id", "previous_id", "group_id",
-    "event_time", "client_timestamp", "sent_at", "received_at", "properties", "traits", "context",
-    "trait_email", "context_ip", "user_agent", "_source_file", "_loaded_at",
+    "message_id",
+    "type",
+    "event",
+    "name",
+    "user_id",
+    "anonymous_id",
+    "previous_id",
+    "group_id",
+    "event_time",
+    "client_timestamp",
+    "sent_at",
+    "received_at",
+    "properties",
+    "traits",
+    "context",
+    "trait_email",
+    "context_ip",
+    "user_agent",
+    "_source_file",
+    "_loaded_at",
 ]
 QUARANTINE_COLUMNS = ["feed", "source_file", "loaded_at", "raw", "reason"]
 
 
-def _ts(col: Column) -> Column:
-    return F.expr(f"try_cast({col._jc.toString()} AS TIMESTAMP)")  # noqa: SLF001 - column name only
-
-
-def parse_events(raw: DataFrame, max_event_bytes: int, min_event_time: str, max_future_seconds: int) -> DataFrame:
+def parse_events(
+    raw: DataFrame, max_event_bytes: int, min_event_time: str, max_future_seconds: int
+) -> DataFrame:
     """Parse ``value`` lines (with ``source_file`` and ``loaded_at``) into typed columns + ``_reject_reason``.
 
     Rejected, first match wins: over the size limit, not a JSON object, no messageId, unknown type,
@@ -50,11 +82,15 @@ def parse_events(raw: DataFrame, max_event_bytes: int, min_event_time: str, max_
         "j",
         F.when(
             trimmed.startswith("{"),
-            F.from_json(F.col("value"), RAW_EVENT_SCHEMA, {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": "_corrupt_record"}),
+            F.from_json(
+                F.col("value"),
+                RAW_EVENT_SCHEMA,
+                {"mode": "PERMISSIVE", "columnNameOfCorruptRecord": "_corrupt_record"},
+            ),
         ),
     )
     j = F.col("j")
-    client_ts = _ts(F.coalesce(j["timestamp"], j["originalTimestamp"]))
+    client_ts = F.try_to_timestamp(F.coalesce(j["timestamp"], j["originalTimestamp"]))
     df = parsed.select(
         F.col("value"),
         F.col("source_file"),
@@ -69,8 +105,8 @@ def parse_events(raw: DataFrame, max_event_bytes: int, min_event_time: str, max_
         blank_to_null(j["groupId"]).alias("group_id"),
         F.coalesce(j["timestamp"], j["originalTimestamp"]).alias("_raw_ts"),
         client_ts.alias("client_timestamp"),
-        _ts(j["sentAt"]).alias("sent_at"),
-        _ts(j["receivedAt"]).alias("received_at"),
+        F.try_to_timestamp(j["sentAt"]).alias("sent_at"),
+        F.try_to_timestamp(j["receivedAt"]).alias("received_at"),
         j["properties"].alias("properties"),
         j["traits"].alias("traits"),
         j["context"].alias("context"),
@@ -89,9 +125,9 @@ def parse_events(raw: DataFrame, max_event_bytes: int, min_event_time: str, max_
         .withColumn("user_agent", F.get_json_object("context", "$.userAgent"))
     )
     is_alias = F.col("type") == "alias"
-    no_identity = F.when(
-        is_alias, F.col("user_id").isNull()
-    ).otherwise(F.col("user_id").isNull() & F.col("anonymous_id").isNull())
+    no_identity = F.when(is_alias, F.col("user_id").isNull()).otherwise(
+        F.col("user_id").isNull() & F.col("anonymous_id").isNull()
+    )
     reason = (
         F.when(F.length(F.encode(F.col("value"), "UTF-8")) > max_event_bytes, F.lit("event_too_large"))
         .when(F.col("_not_object") | F.col("_corrupt").isNotNull(), F.lit("invalid_json"))
@@ -103,7 +139,8 @@ def parse_events(raw: DataFrame, max_event_bytes: int, min_event_time: str, max_
         .when(F.col("client_timestamp").isNull(), F.lit("invalid_timestamp"))
         .when(F.col("event_time") < F.to_timestamp(F.lit(min_event_time)), F.lit("timestamp_out_of_range"))
         .when(
-            F.col("event_time") > F.col("loaded_at") + F.expr(f"make_interval(0,0,0,0,0,0,{max_future_seconds})"),
+            F.col("event_time")
+            > F.col("loaded_at") + F.expr(f"make_interval(0,0,0,0,0,0,{max_future_seconds})"),
             F.lit("timestamp_out_of_range"),
         )
     )

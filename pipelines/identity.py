@@ -9,23 +9,37 @@ strangers together; a component larger than the size bound is quarantined instea
 
 from __future__ import annotations
 
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
-from pyspark import StorageLevel
 
 from pipelines.normalize import blocked
 
 OBSERVATION_COLUMNS = ["identifier", "id_type", "rule", "source_table", "source_record", "seen_at"]
-EDGE_COLUMNS = ["src", "dst", "rule", "source_table", "source_record", "first_seen", "last_seen", "evidence_count"]
+EDGE_COLUMNS = [
+    "src",
+    "dst",
+    "rule",
+    "source_table",
+    "source_record",
+    "first_seen",
+    "last_seen",
+    "evidence_count",
+]
 
 
-def _observe(df: DataFrame, pairs: list[tuple[str, str]], rule: F.Column, table: str, record: F.Column, seen: F.Column) -> DataFrame:
+def _observe(
+    df: DataFrame, pairs: list[tuple[str, str]], rule: F.Column, table: str, record: F.Column, seen: F.Column
+) -> DataFrame:
     """One row per (record, identifier) for the listed (id_type, column) pairs; nulls dropped."""
-    structs = [
-        F.struct(F.lit(t).alias("id_type"), F.col(c).cast("string").alias("value")) for t, c in pairs
-    ]
+    structs = [F.struct(F.lit(t).alias("id_type"), F.col(c).cast("string").alias("value")) for t, c in pairs]
     return (
-        df.select(rule.alias("rule"), record.alias("source_record"), seen.alias("seen_at"), F.explode(F.array(*structs)).alias("o"))
+        df.select(
+            rule.alias("rule"),
+            record.alias("source_record"),
+            seen.alias("seen_at"),
+            F.explode(F.array(*structs)).alias("o"),
+        )
         .filter(F.col("o.value").isNotNull())
         .select(
             F.concat_ws(":", "o.id_type", "o.value").alias("identifier"),
@@ -39,7 +53,9 @@ def _observe(df: DataFrame, pairs: list[tuple[str, str]], rule: F.Column, table:
     )
 
 
-def identifier_observations(customers: DataFrame, events: DataFrame, blocklist: dict[str, list[str]]) -> DataFrame:
+def identifier_observations(
+    customers: DataFrame, events: DataFrame, blocklist: dict[str, list[str]]
+) -> DataFrame:
     """Every identifier in every source record, minus blocklisted values.
 
     Customers contribute their record id (``<system>_id``), email, phone and linked web user_id. Events
@@ -66,7 +82,12 @@ def identifier_observations(customers: DataFrame, events: DataFrame, blocklist: 
     )
     ev = _observe(
         events,
-        [("user_id", "user_id"), ("anonymous_id", "anonymous_id"), ("anonymous_id", "previous_id"), ("email", "trait_email")],
+        [
+            ("user_id", "user_id"),
+            ("anonymous_id", "anonymous_id"),
+            ("anonymous_id", "previous_id"),
+            ("email", "trait_email"),
+        ],
         F.concat(F.lit("event:"), F.col("type")),
         "silver.events",
         F.col("message_id"),
@@ -89,7 +110,14 @@ def build_edges(observations: DataFrame) -> DataFrame:
     linked = (
         observations.join(anchors, ["source_table", "source_record"])
         .filter(F.col("identifier") != F.col("anchor"))
-        .select(F.col("anchor").alias("src"), F.col("identifier").alias("dst"), "rule", "source_table", "source_record", "seen_at")
+        .select(
+            F.col("anchor").alias("src"),
+            F.col("identifier").alias("dst"),
+            "rule",
+            "source_table",
+            "source_record",
+            "seen_at",
+        )
     )
     first = F.min_by(F.struct("source_table", "source_record"), F.struct("seen_at", "source_record"))
     return (
@@ -100,12 +128,23 @@ def build_edges(observations: DataFrame) -> DataFrame:
             F.max("seen_at").alias("last_seen"),
             F.count(F.lit(1)).alias("evidence_count"),
         )
-        .select("src", "dst", "rule", "f.source_table", "f.source_record", "first_seen", "last_seen", "evidence_count")
+        .select(
+            "src",
+            "dst",
+            "rule",
+            "f.source_table",
+            "f.source_record",
+            "first_seen",
+            "last_seen",
+            "evidence_count",
+        )
     )
 
 
 def _large_star(edges: DataFrame) -> DataFrame:
-    both = edges.select("src", "dst").unionByName(edges.select(F.col("dst").alias("src"), F.col("src").alias("dst")))
+    both = edges.select("src", "dst").unionByName(
+        edges.select(F.col("dst").alias("src"), F.col("src").alias("dst"))
+    )
     mins = both.groupBy("src").agg(F.least(F.min("dst"), F.col("src")).alias("m"))
     return (
         both.join(mins, "src")
@@ -143,7 +182,9 @@ def connected_components(vertices: DataFrame, edges: DataFrame, max_iterations: 
     for _ in range(max_iterations):
         after_large = _large_star(current).localCheckpoint()
         after_small = _small_star(after_large).persist(StorageLevel.MEMORY_AND_DISK).localCheckpoint()
-        changed = after_small.exceptAll(current).limit(1).count() + current.exceptAll(after_small).limit(1).count()
+        changed = (
+            after_small.exceptAll(current).limit(1).count() + current.exceptAll(after_small).limit(1).count()
+        )
         current = after_small
         if changed == 0:
             break
@@ -158,7 +199,9 @@ def connected_components(vertices: DataFrame, edges: DataFrame, max_iterations: 
     )
 
 
-def identity_graph(observations: DataFrame, edges: DataFrame, max_component_size: int) -> tuple[DataFrame, DataFrame]:
+def identity_graph(
+    observations: DataFrame, edges: DataFrame, max_component_size: int
+) -> tuple[DataFrame, DataFrame]:
     """``(graph, oversized)``: identifier -> profile_id for components within the size bound, and one row
     per oversized component with its size and its most-connected identifiers (to find the junk id)."""
     vertices = observations.select(F.col("identifier").alias("id"), "id_type").dropDuplicates(["id"])
@@ -173,13 +216,20 @@ def identity_graph(observations: DataFrame, edges: DataFrame, max_component_size
         "component_size",
     )
     degree = (
-        edges.select(F.col("src").alias("id")).unionByName(edges.select(F.col("dst").alias("id"))).groupBy("id").count()
+        edges.select(F.col("src").alias("id"))
+        .unionByName(edges.select(F.col("dst").alias("id")))
+        .groupBy("id")
+        .count()
     )
     oversized = (
         sized.filter(F.col("component_size") > max_component_size)
         .join(degree, "id", "left")
         .groupBy("component", "component_size")
-        .agg(F.slice(F.sort_array(F.collect_list(F.struct(-F.coalesce("count", F.lit(0)), F.col("id")))), 1, 10).alias("top"))
+        .agg(
+            F.slice(
+                F.sort_array(F.collect_list(F.struct(-F.coalesce("count", F.lit(0)), F.col("id")))), 1, 10
+            ).alias("top")
+        )
         .select(
             profile_id.alias("component_id"),
             "component_size",

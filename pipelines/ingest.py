@@ -75,11 +75,14 @@ def process_event_batch(batch: DataFrame, batch_id: int, cfg: Config, app_id: st
     spark = batch.sparkSession
     raw = batch.persist()
     try:
-        io.append(raw.withColumn("batch_id", F.lit(batch_id).cast("long")), cfg, "bronze.events", app_id, batch_id)
+        io.append(
+            raw.withColumn("batch_id", F.lit(batch_id).cast("long")), cfg, "bronze.events", app_id, batch_id
+        )
         parsed = parse_configured(raw, cfg).persist()
         stats = parsed.agg(
-            F.count(F.lit(1)).alias("rows"), F.count(F.when(F.col("_reject_reason").isNull(), 1)).alias("accepted")
-        ).first()
+            F.count(F.lit(1)).alias("rows"),
+            F.count(F.when(F.col("_reject_reason").isNull(), 1)).alias("accepted"),
+        ).collect()[0]
         rows, accepted = int(stats["rows"]), int(stats["accepted"])
         events, rejects = silver_events(parsed), quarantined_events(parsed)
         io.ensure(spark, cfg, "silver.events", events.schema)
@@ -93,7 +96,9 @@ def process_event_batch(batch: DataFrame, batch_id: int, cfg: Config, app_id: st
     return BatchStats(batch_id, rows, accepted, rows - accepted, inserted, accepted - inserted)
 
 
-def run_event_stream(spark: SparkSession, cfg: Config, available_now: bool = True, timeout_s: float | None = None) -> list[BatchStats]:
+def run_event_stream(
+    spark: SparkSession, cfg: Config, available_now: bool = True, timeout_s: int | None = None
+) -> list[BatchStats]:
     """Run the landing-folder clickstream query; with ``available_now`` it stops when the backlog is done.
 
     Returns the stats of each micro-batch this call processed.
@@ -105,9 +110,19 @@ def run_event_stream(spark: SparkSession, cfg: Config, available_now: bool = Tru
     def handle(batch: DataFrame, batch_id: int) -> None:
         processed.append(process_event_batch(batch, batch_id, cfg, app_id))
 
-    source = io.read_text_stream(spark, cfg.lakehouse.landing / "events", "*.jsonl", cfg.streaming.max_files_per_trigger)
-    writer = source.writeStream.queryName("converge_events").option("checkpointLocation", str(checkpoint)).foreachBatch(handle)
-    writer = writer.trigger(availableNow=True) if available_now else writer.trigger(processingTime=cfg.streaming.trigger)
+    source = io.read_text_stream(
+        spark, cfg.lakehouse.landing / "events", "*.jsonl", cfg.streaming.max_files_per_trigger
+    )
+    writer = (
+        source.writeStream.queryName("converge_events")
+        .option("checkpointLocation", str(checkpoint))
+        .foreachBatch(handle)
+    )
+    writer = (
+        writer.trigger(availableNow=True)
+        if available_now
+        else writer.trigger(processingTime=cfg.streaming.trigger)
+    )
     query = writer.start()
     query.awaitTermination(timeout_s)
     if query.exception() is not None:

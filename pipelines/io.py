@@ -65,7 +65,9 @@ def exists(spark: SparkSession, cfg: Config, name: str) -> bool:
 def read(spark: SparkSession, cfg: Config, name: str) -> DataFrame:
     """Read a table by name; a clear error when it has not been built yet."""
     if not exists(spark, cfg, name):
-        raise FileNotFoundError(f"table {name} does not exist yet at {path_of(cfg, name)}; materialize it first")
+        raise FileNotFoundError(
+            f"table {name} does not exist yet at {path_of(cfg, name)}; materialize it first"
+        )
     return spark.read.format("delta").load(path_of(cfg, name))
 
 
@@ -74,7 +76,9 @@ def version(spark: SparkSession, cfg: Config, name: str) -> int:
     return int(history[0]) if history else -1
 
 
-def ensure(spark: SparkSession, cfg: Config, name: str, schema: StructType, properties: dict[str, str] | None = None) -> None:
+def ensure(
+    spark: SparkSession, cfg: Config, name: str, schema: StructType, properties: dict[str, str] | None = None
+) -> None:
     """Create the table empty with ``schema`` if it does not exist (a MERGE needs a target)."""
     builder = DeltaTable.createIfNotExists(spark).location(path_of(cfg, name)).addColumns(schema)
     for key, value in (properties or {}).items():
@@ -86,16 +90,13 @@ def ensure(spark: SparkSession, cfg: Config, name: str, schema: StructType, prop
 def overwrite(df: DataFrame, cfg: Config, name: str) -> None:
     """Replace a derived table's content (its history stays for time travel)."""
     spark = df.sparkSession
-    (
-        df.write.format("delta")
-        .mode("overwrite")
-        .option("overwriteSchema", "true")
-        .save(path_of(cfg, name))
-    )
+    (df.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(path_of(cfg, name)))
     _register(spark, cfg, name)
 
 
-def append(df: DataFrame, cfg: Config, name: str, txn_app_id: str | None = None, txn_version: int | None = None) -> None:
+def append(
+    df: DataFrame, cfg: Config, name: str, txn_app_id: str | None = None, txn_version: int | None = None
+) -> None:
     """Blind append; with ``txn_app_id``/``txn_version`` a retried write of the same version is skipped."""
     writer = df.write.format("delta").mode("append")
     if txn_app_id is not None and txn_version is not None:
@@ -127,7 +128,9 @@ def merge_insert_new(
             spark.conf.set("spark.databricks.delta.write.txnAppId", txn_app_id)
             spark.conf.set("spark.databricks.delta.write.txnVersion", str(txn_version))
         try:
-            metrics = target.alias("t").merge(df.alias("s"), condition).whenNotMatchedInsertAll().execute().first()
+            metrics = (
+                target.alias("t").merge(df.alias("s"), condition).whenNotMatchedInsertAll().execute().first()
+            )
             return int(metrics["num_inserted_rows"]) if metrics else 0
         finally:
             spark.conf.unset("spark.databricks.delta.write.txnAppId")
@@ -162,7 +165,9 @@ def read_csv_raw(spark: SparkSession, files: list[str]) -> DataFrame:
         header = next(csv.reader(fh), None)
     if not header:
         raise ValueError(f"{files[0]}: empty CSV file, expected a header line")
-    schema = StructType([StructField(c, StringType()) for c in header] + [StructField("_corrupt_record", StringType())])
+    schema = StructType(
+        [StructField(c, StringType()) for c in header] + [StructField("_corrupt_record", StringType())]
+    )
     return (
         spark.read.schema(schema)
         .option("header", "true")
@@ -173,7 +178,9 @@ def read_csv_raw(spark: SparkSession, files: list[str]) -> DataFrame:
     )
 
 
-def read_text_stream(spark: SparkSession, folder: Path, pattern: str, max_files_per_trigger: int) -> DataFrame:
+def read_text_stream(
+    spark: SparkSession, folder: Path, pattern: str, max_files_per_trigger: int
+) -> DataFrame:
     """Stream new files of ``folder`` line by line: ``value``, ``source_file``, ``loaded_at`` (file time).
 
     The file's modification time is the load time: a retried micro-batch then rebuilds identical rows.

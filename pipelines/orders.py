@@ -9,8 +9,15 @@ from pipelines.normalize import blank_to_null
 from pipelines.records import keep_one_per_key
 
 SILVER_COLUMNS = [
-    "order_id", "source_system", "customer_source_id", "order_ts", "amount", "currency", "status",
-    "_source_file", "_loaded_at",
+    "order_id",
+    "source_system",
+    "customer_source_id",
+    "order_ts",
+    "amount",
+    "currency",
+    "status",
+    "_source_file",
+    "_loaded_at",
 ]
 
 
@@ -43,7 +50,10 @@ def standardize_orders(bronze: DataFrame, known_systems: list[str]) -> DataFrame
         F.when(F.col("corrupt_record").isNotNull(), F.lit("malformed_csv_line"))
         .when(F.col("order_id").isNull(), F.lit("missing_order_id"))
         .when(F.col("customer_source_id").isNull(), F.lit("missing_customer_id"))
-        .when(~F.coalesce(F.col("source_system").isin(known_systems), F.lit(False)), F.lit("unknown_source_system"))
+        .when(
+            ~F.coalesce(F.col("source_system").isin(known_systems), F.lit(False)),
+            F.lit("unknown_source_system"),
+        )
         .when(F.col("amount").isNull() | (F.col("amount") < 0), F.lit("invalid_amount"))
         .when(F.col("order_ts").isNull(), F.lit("invalid_order_date"))
     )

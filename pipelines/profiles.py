@@ -11,9 +11,26 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 PROFILE_COLUMNS = [
-    "profile_id", "first_name", "last_name", "email", "phone", "emails", "phones", "street", "city",
-    "postal_code", "country", "date_of_birth", "first_seen", "last_seen", "order_count", "lifetime_value",
-    "event_count", "identifiers", "identifier_count", "source_records",
+    "profile_id",
+    "first_name",
+    "last_name",
+    "email",
+    "phone",
+    "emails",
+    "phones",
+    "street",
+    "city",
+    "postal_code",
+    "country",
+    "date_of_birth",
+    "first_seen",
+    "last_seen",
+    "order_count",
+    "lifetime_value",
+    "event_count",
+    "identifiers",
+    "identifier_count",
+    "source_records",
 ]
 
 
@@ -26,26 +43,42 @@ def _rank(priority: list[str]) -> Column:
 
 def _survivor(value: str, rank: str = "_rank", ts: str = "_ts") -> Column:
     """The value of the best-ranked, most recent row where ``value`` is not null."""
-    candidate = F.when(F.col(value).isNotNull(), F.struct(F.col(rank).alias("r"), (-F.col(ts).cast("double")).alias("t"), F.col(value).alias("v")))
+    candidate = F.when(
+        F.col(value).isNotNull(),
+        F.struct(F.col(rank).alias("r"), (-F.col(ts).cast("double")).alias("t"), F.col(value).alias("v")),
+    )
     return F.min(candidate)["v"]
 
 
-def attribute_candidates(graph: DataFrame, customers: DataFrame, events: DataFrame, priority: list[str]) -> DataFrame:
+def attribute_candidates(
+    graph: DataFrame, customers: DataFrame, events: DataFrame, priority: list[str]
+) -> DataFrame:
     """Every source record's attribute values with its profile_id, priority rank and recency."""
-    cust = customers.withColumn("identifier", F.concat(F.col("source_system"), F.lit("_id:"), F.col("source_id"))).join(
-        graph.select("identifier", "profile_id"), "identifier"
-    )
+    cust = customers.withColumn(
+        "identifier", F.concat(F.col("source_system"), F.lit("_id:"), F.col("source_id"))
+    ).join(graph.select("identifier", "profile_id"), "identifier")
     cust = cust.select(
         "profile_id",
         _rank(priority).alias("_rank"),
         F.coalesce("updated_at", "created_at", "_loaded_at").alias("_ts"),
         F.coalesce("created_at", "updated_at", "_loaded_at").alias("_created"),
-        "first_name", "last_name", "email", "phone", "street", "city", "postal_code", "country", "date_of_birth",
+        "first_name",
+        "last_name",
+        "email",
+        "phone",
+        "street",
+        "city",
+        "postal_code",
+        "country",
+        "date_of_birth",
         F.concat_ws(":", "source_system", "source_id").alias("source_record"),
     )
     identifies = events.filter(F.col("type") == "identify")
     ev = identifies.withColumn(
-        "identifier", F.when(F.col("user_id").isNotNull(), F.concat(F.lit("user_id:"), "user_id")).otherwise(F.concat(F.lit("anonymous_id:"), "anonymous_id"))
+        "identifier",
+        F.when(F.col("user_id").isNotNull(), F.concat(F.lit("user_id:"), "user_id")).otherwise(
+            F.concat(F.lit("anonymous_id:"), "anonymous_id")
+        ),
     ).join(graph.select("identifier", "profile_id"), "identifier")
     ev = ev.select(
         "profile_id",
@@ -55,14 +88,25 @@ def attribute_candidates(graph: DataFrame, customers: DataFrame, events: DataFra
         F.initcap(F.trim(F.get_json_object("traits", "$.firstName"))).alias("first_name"),
         F.initcap(F.trim(F.get_json_object("traits", "$.lastName"))).alias("last_name"),
         F.col("trait_email").alias("email"),
-        *[F.lit(None).cast(t).alias(c) for c, t in [("phone", "string"), ("street", "string"), ("city", "string"),
-                                                      ("postal_code", "string"), ("country", "string"), ("date_of_birth", "date")]],
+        *[
+            F.lit(None).cast(t).alias(c)
+            for c, t in [
+                ("phone", "string"),
+                ("street", "string"),
+                ("city", "string"),
+                ("postal_code", "string"),
+                ("country", "string"),
+                ("date_of_birth", "date"),
+            ]
+        ],
         F.lit(None).cast("string").alias("source_record"),
     )
     return cust.unionByName(ev)
 
 
-def build_profiles(graph: DataFrame, customers: DataFrame, orders: DataFrame, events: DataFrame, priority: list[str]) -> DataFrame:
+def build_profiles(
+    graph: DataFrame, customers: DataFrame, orders: DataFrame, events: DataFrame, priority: list[str]
+) -> DataFrame:
     """One golden profile per profile_id in ``graph``."""
     cands = attribute_candidates(graph, customers, events, priority).withColumn(
         "_address", F.when(F.col("street").isNotNull(), F.struct("street", "city", "postal_code", "country"))
@@ -82,7 +126,9 @@ def build_profiles(graph: DataFrame, customers: DataFrame, orders: DataFrame, ev
         F.array_sort(F.collect_set(F.when(F.col("id_type") == "email", F.col("id_value")))).alias("emails"),
         F.array_sort(F.collect_set(F.when(F.col("id_type") == "phone", F.col("id_value")))).alias("phones"),
     )
-    order_ids = orders.withColumn("identifier", F.concat(F.col("source_system"), F.lit("_id:"), F.col("customer_source_id")))
+    order_ids = orders.withColumn(
+        "identifier", F.concat(F.col("source_system"), F.lit("_id:"), F.col("customer_source_id"))
+    )
     order_stats = (
         order_ids.join(graph.select("identifier", "profile_id"), "identifier")
         .groupBy("profile_id")
@@ -94,12 +140,19 @@ def build_profiles(graph: DataFrame, customers: DataFrame, orders: DataFrame, ev
         )
     )
     ev_ids = events.withColumn(
-        "identifier", F.when(F.col("user_id").isNotNull(), F.concat(F.lit("user_id:"), "user_id")).otherwise(F.concat(F.lit("anonymous_id:"), "anonymous_id"))
+        "identifier",
+        F.when(F.col("user_id").isNotNull(), F.concat(F.lit("user_id:"), "user_id")).otherwise(
+            F.concat(F.lit("anonymous_id:"), "anonymous_id")
+        ),
     )
     event_stats = (
         ev_ids.join(graph.select("identifier", "profile_id"), "identifier")
         .groupBy("profile_id")
-        .agg(F.count(F.lit(1)).alias("event_count"), F.min("event_time").alias("_first_event"), F.max("event_time").alias("_last_event"))
+        .agg(
+            F.count(F.lit(1)).alias("event_count"),
+            F.min("event_time").alias("_first_event"),
+            F.max("event_time").alias("_last_event"),
+        )
     )
     profiles = (
         ids.join(attrs, "profile_id", "left")
@@ -107,9 +160,17 @@ def build_profiles(graph: DataFrame, customers: DataFrame, orders: DataFrame, ev
         .join(event_stats, "profile_id", "left")
     )
     return profiles.select(
-        "profile_id", "first_name", "last_name", "email", "phone", "emails", "phones",
-        F.col("address.street").alias("street"), F.col("address.city").alias("city"),
-        F.col("address.postal_code").alias("postal_code"), F.col("address.country").alias("country"),
+        "profile_id",
+        "first_name",
+        "last_name",
+        "email",
+        "phone",
+        "emails",
+        "phones",
+        F.col("address.street").alias("street"),
+        F.col("address.city").alias("city"),
+        F.col("address.postal_code").alias("postal_code"),
+        F.col("address.country").alias("country"),
         "date_of_birth",
         F.least("_first_event", "_first_order", "_first_record").alias("first_seen"),
         F.greatest("_last_event", "_last_order").alias("last_seen"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
+from typing import Any
 
 import great_expectations as gx
 import great_expectations.expectations as gxe
@@ -27,9 +28,9 @@ class SuiteResult:
     failed: list[dict]
 
 
-def suite_for(table: str, systems: list[str], min_event_time: datetime, max_component_size: int) -> list:
+def suite_for(table: str, systems: list[str], min_event_time: datetime, max_component_size: int) -> list[Any]:
     """The expectations for ``table`` (``layer.name``)."""
-    suites = {
+    suites: dict[str, list[Any]] = {
         "bronze.crm_customers": [
             gxe.ExpectColumnValuesToNotBeNull(column="source_file"),
             gxe.ExpectColumnValuesToNotBeNull(column="loaded_at"),
@@ -67,7 +68,9 @@ def suite_for(table: str, systems: list[str], min_event_time: datetime, max_comp
         "gold.profiles": [
             gxe.ExpectColumnValuesToNotBeNull(column="profile_id"),
             gxe.ExpectColumnValuesToBeUnique(column="profile_id"),
-            gxe.ExpectColumnValuesToBeBetween(column="identifier_count", min_value=1, max_value=max_component_size),
+            gxe.ExpectColumnValuesToBeBetween(
+                column="identifier_count", min_value=1, max_value=max_component_size
+            ),
         ],
     }
     if table not in suites:

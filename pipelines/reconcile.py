@@ -34,7 +34,9 @@ class Reconciliation:
         return asdict(self) | {"balanced": self.balanced}
 
 
-def reconcile(feed: str, standardized: DataFrame, keys: list[str], silver: DataFrame, quarantine: DataFrame) -> Reconciliation:
+def reconcile(
+    feed: str, standardized: DataFrame, keys: list[str], silver: DataFrame, quarantine: DataFrame
+) -> Reconciliation:
     """Compare ``silver``/``quarantine`` with what ``standardized`` (bronze after validation) says they hold.
 
     Duplicates are counted from bronze: accepted rows minus distinct accepted keys.
@@ -43,8 +45,12 @@ def reconcile(feed: str, standardized: DataFrame, keys: list[str], silver: DataF
         F.count(F.lit(1)).alias("bronze"),
         F.count(F.when(F.col("_reject_reason").isNotNull(), 1)).alias("rejected"),
         F.count_distinct(F.when(F.col("_reject_reason").isNull(), F.struct(*keys))).alias("distinct_keys"),
-    ).first()
-    bronze, rejected, distinct_keys = int(stats["bronze"]), int(stats["rejected"]), int(stats["distinct_keys"])
+    ).collect()[0]
+    bronze, rejected, distinct_keys = (
+        int(stats["bronze"]),
+        int(stats["rejected"]),
+        int(stats["distinct_keys"]),
+    )
     return Reconciliation(
         feed=feed,
         bronze=bronze,

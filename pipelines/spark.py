@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from delta.pip_utils import configure_spark_with_delta_pip
 from pyspark.sql import SparkSession
@@ -20,6 +21,8 @@ def get_spark(cfg: Config) -> SparkSession:
     """
     active = SparkSession.getActiveSession()
     if active is None:
+        # Python workers must run this interpreter (the project's venv), not whatever `python3` is on PATH.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         os.makedirs(cfg.spark.ivy_dir, exist_ok=True)
         builder = (
             SparkSession.builder.master(cfg.spark.master)

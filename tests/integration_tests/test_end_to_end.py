@@ -27,7 +27,9 @@ def _land_bad_rows(landing):
     (landing / "orders/bad_orders.csv").write_text(
         "order_id,source_system,customer_id,order_date,amount,currency,status\nBAD1,crm,C1,2026-01-01,twelve,USD,completed\n"
     )
-    (landing / "events/bad.jsonl").write_text('{"type": "track", "event": "x"\n[1,2]\n{"messageId": "q1", "type": "page"}\n')
+    (landing / "events/bad.jsonl").write_text(
+        '{"type": "track", "event": "x"\n[1,2]\n{"messageId": "q1", "type": "page"}\n'
+    )
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +40,9 @@ def pipeline_run(spark, tmp_path_factory):
     cfg = load_config()
     counts = generate(PEOPLE, 20261121, cfg.lakehouse.landing)
     _land_bad_rows(cfg.lakehouse.landing)
-    result = defs.resolve_job_def("converge_all").execute_in_process(instance=DagsterInstance.ephemeral(), raise_on_error=False)
+    result = defs.resolve_job_def("converge_all").execute_in_process(
+        instance=DagsterInstance.ephemeral(), raise_on_error=False
+    )
     yield result, cfg, counts
     if old is None:
         os.environ.pop("CONVERGE_LAKEHOUSE")
@@ -49,8 +53,11 @@ def pipeline_run(spark, tmp_path_factory):
 def test_every_asset_materializes_and_every_check_passes(pipeline_run):
     result, _, _ = pipeline_run
     assert result.success
-    materialized = {e.asset_key.to_user_string().replace("/", ".") for e in result.get_asset_materialization_events()
-                    for e in [e.event_specific_data.materialization]}
+    materialized = {
+        e.asset_key.to_user_string().replace("/", ".")
+        for e in result.get_asset_materialization_events()
+        for e in [e.event_specific_data.materialization]
+    }
     assert materialized == set(io.TABLES)
     evaluations = result.get_asset_check_evaluations()
     assert len(evaluations) == 10
@@ -59,18 +66,29 @@ def test_every_asset_materializes_and_every_check_passes(pipeline_run):
 
 def test_counts_reconcile_and_bad_rows_are_quarantined_with_reasons(pipeline_run, spark):
     result, cfg, counts = pipeline_run
-    recs = {e.metadata["feed"].value: {k: v.value for k, v in e.metadata.items()}
-            for e in result.get_asset_check_evaluations() if e.check_name == "reconciliation"}
+    recs = {
+        e.metadata["feed"].value: {k: v.value for k, v in e.metadata.items()}
+        for e in result.get_asset_check_evaluations()
+        if e.check_name == "reconciliation"
+    }
     assert set(recs) == {"customers", "orders", "events"}
     for rec in recs.values():
         assert rec["balanced"] and rec["bronze"] == rec["silver"] + rec["quarantined"] + rec["duplicates"]
     assert recs["customers"]["bronze"] == counts.crm_rows + counts.shop_rows + 2
     assert recs["events"]["bronze"] == counts.event_lines + 3
     assert recs["events"]["duplicates"] == counts.duplicate_event_lines
-    reasons = {(r.feed, r.reason) for t in ("quarantine.crm_customers", "quarantine.orders", "quarantine.events")
-               for r in io.read(spark, cfg, t).select("feed", "reason").distinct().collect()}
-    assert {("crm", "missing_source_id"), ("crm", "malformed_csv_line"), ("orders", "invalid_amount"),
-            ("events", "invalid_json"), ("events", "missing_identity")} <= reasons
+    reasons = {
+        (r.feed, r.reason)
+        for t in ("quarantine.crm_customers", "quarantine.orders", "quarantine.events")
+        for r in io.read(spark, cfg, t).select("feed", "reason").distinct().collect()
+    }
+    assert {
+        ("crm", "missing_source_id"),
+        ("crm", "malformed_csv_line"),
+        ("orders", "invalid_amount"),
+        ("events", "invalid_json"),
+        ("events", "missing_identity"),
+    } <= reasons
 
 
 def test_identity_graph_scores_against_ground_truth(pipeline_run, spark):
@@ -87,12 +105,29 @@ def test_converge_sql_reads_the_registered_tables(pipeline_run, spark):
     _, cfg, _ = pipeline_run
     out = pyio.StringIO()
     with redirect_stdout(out):
-        assert converge(["sql", "select count(*) as n, count(distinct profile_id) as d from gold.profiles", "--format", "json"]) == 0
+        assert (
+            converge(
+                [
+                    "sql",
+                    "select count(*) as n, count(distinct profile_id) as d from gold.profiles",
+                    "--format",
+                    "json",
+                ]
+            )
+            == 0
+        )
     row = json.loads(out.getvalue().strip())
     assert row["n"] == row["d"] == io.read(spark, cfg, "gold.profiles").count()
     out = pyio.StringIO()
     with redirect_stdout(out):
-        converge(["sql", "select profile_id, emails from gold.profiles order by profile_id limit 2", "--format", "csv"])
+        converge(
+            [
+                "sql",
+                "select profile_id, emails from gold.profiles order by profile_id limit 2",
+                "--format",
+                "csv",
+            ]
+        )
     lines = out.getvalue().strip().splitlines()
     assert lines[0] == "profile_id,emails" and len(lines) == 3
     out = pyio.StringIO()
@@ -109,8 +144,12 @@ def test_exploration_notebook_runs_end_to_end(pipeline_run):
     from pipelines.config import PROJECT_ROOT
 
     nb = nbformat.read(PROJECT_ROOT / "notebooks" / "explore_profiles.ipynb", as_version=4)
-    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), "commit notebooks with outputs stripped"
-    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(PROJECT_ROOT)}}).execute()
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), (
+        "commit notebooks with outputs stripped"
+    )
+    NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(PROJECT_ROOT)}}
+    ).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     assert "profiles" in str(outputs[1]) and "source_record" in str(outputs[2])

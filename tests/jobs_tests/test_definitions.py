@@ -33,6 +33,7 @@ def test_quality_and_reconciliation_checks_exist_and_silver_ones_block():
         assert (feed, "reconciliation") in checks
     specs = {s.key: s for a in defs.resolve_asset_graph().assets_defs for s in a.check_specs}
     from dagster import AssetCheckKey
+
     assert specs[AssetCheckKey(AssetKey(["silver", "events"]), "reconciliation")].blocking
 
 

@@ -41,14 +41,20 @@ def test_invalid_value_names_the_files_and_the_key(tmp_path, monkeypatch):
 
 
 def test_unknown_key_and_bad_regex_are_rejected(tmp_path, monkeypatch):
-    monkeypatch.setattr(config_module, "CONF_DIR", _conf_dir(tmp_path, "identity:\n  blocklist: {email: ['^(']}\n  typo: 1\n"))
+    monkeypatch.setattr(
+        config_module, "CONF_DIR", _conf_dir(tmp_path, "identity:\n  blocklist: {email: ['^(']}\n  typo: 1\n")
+    )
     with pytest.raises(ConfigError) as err:
         load_config("broken")
     assert "identity.typo" in str(err.value) and "bad regular expression" in str(err.value)
 
 
 def test_source_system_must_map_source_id(tmp_path, monkeypatch):
-    monkeypatch.setattr(config_module, "CONF_DIR", _conf_dir(tmp_path, "sources:\n  systems:\n    erp: {columns: {email: mail}}\n"))
+    monkeypatch.setattr(
+        config_module,
+        "CONF_DIR",
+        _conf_dir(tmp_path, "sources:\n  systems:\n    erp: {columns: {email: mail}}\n"),
+    )
     with pytest.raises(ConfigError, match="sources.systems.erp.columns"):
         load_config("broken")
 

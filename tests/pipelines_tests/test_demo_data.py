@@ -7,6 +7,11 @@ import sys
 from pipelines.demo_data import generate
 
 
+def _rows(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
 def _digest(folder):
     h = hashlib.sha256()
     for p in sorted(folder.rglob("*")):
@@ -26,15 +31,15 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
 
 def test_outputs_and_ground_truth_are_consistent(tmp_path):
     counts = generate(400, 11, tmp_path, events_per_file=1000)
-    crm = list(csv.DictReader(open(tmp_path / "customers/crm/customers_crm.csv")))
-    shop = list(csv.DictReader(open(tmp_path / "customers/shop/customers_shop.csv")))
-    orders = list(csv.DictReader(open(tmp_path / "orders/orders.csv")))
+    crm = _rows(tmp_path / "customers/crm/customers_crm.csv")
+    shop = _rows(tmp_path / "customers/shop/customers_shop.csv")
+    orders = _rows(tmp_path / "orders/orders.csv")
     event_files = sorted((tmp_path / "events").glob("events-*.jsonl"))
     lines = [line for f in event_files for line in f.read_text().splitlines()]
     assert len(crm) == counts.crm_rows and len(shop) == counts.shop_rows and len(orders) == counts.order_rows
     assert len(lines) == counts.event_lines and len(event_files) > 1
     assert not list((tmp_path / "events").glob(".*")), "in-flight temp files must have been renamed in"
-    truth = list(csv.DictReader(open(tmp_path / "ground_truth.csv")))
+    truth = _rows(tmp_path / "ground_truth.csv")
     people = {r["person_id"] for r in truth}
     assert len(people) == 400
     ids = {r["identifier"] for r in truth}
@@ -45,7 +50,9 @@ def test_outputs_and_ground_truth_are_consistent(tmp_path):
     assert all(f"shop_id:{r['shop_customer_id']}" in ids for r in shop)
     # realistic dirt is present: mixed-case emails, national phone formats, duplicates and broken lines
     assert any(r["email"] != r["email"].strip().lower() for r in crm + shop if r["email"])
-    assert any(r["phone"].startswith("(") for r in crm) and any(r["phone_number"].startswith("0") for r in shop if r["phone_number"])
+    assert any(r["phone"].startswith("(") for r in crm) and any(
+        r["phone_number"].startswith("0") for r in shop if r["phone_number"]
+    )
     assert counts.duplicate_event_lines > 0 and counts.bad_event_lines > 0
     parsed = [json.loads(x) for x in lines if x.startswith("{") and x.endswith("}")]
     kinds = {m["type"] for m in parsed}
@@ -55,9 +62,15 @@ def test_outputs_and_ground_truth_are_consistent(tmp_path):
 
 def test_memory_stays_flat_as_people_grow(tmp_path):
     """Peak RSS of a child process for 2,000 vs 20,000 people: streaming output, no per-person state kept."""
+
     def peak(n):
-        code = (f"from pipelines.demo_data import generate; generate({n}, 1, r'{tmp_path / str(n)}'); "
-                "import resource; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
-        return int(subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout)
+        code = (
+            f"from pipelines.demo_data import generate; generate({n}, 1, r'{tmp_path / str(n)}'); "
+            "import resource; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+        )
+        return int(
+            subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+        )
+
     small, large = peak(2000), peak(20000)
     assert large < small * 1.3, (small, large)

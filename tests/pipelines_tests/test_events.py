@@ -8,9 +8,17 @@ from tests.pipelines_tests.helpers import raw_lines
 
 
 def ev(**kw):
-    base = {"messageId": "m1", "type": "track", "event": "Product Viewed", "anonymousId": "a1",
-            "timestamp": "2026-10-01T10:00:00.000Z", "sentAt": "2026-10-01T10:00:05.000Z",
-            "receivedAt": "2026-10-01T09:00:06.000Z", "properties": {"price": 9.5}, "context": {"ip": "1.2.3.4"}}
+    base = {
+        "messageId": "m1",
+        "type": "track",
+        "event": "Product Viewed",
+        "anonymousId": "a1",
+        "timestamp": "2026-10-01T10:00:00.000Z",
+        "sentAt": "2026-10-01T10:00:05.000Z",
+        "receivedAt": "2026-10-01T09:00:06.000Z",
+        "properties": {"price": 9.5},
+        "context": {"ip": "1.2.3.4"},
+    }
     base.update(kw)
     return json.dumps({k: v for k, v in base.items() if v is not None})
 
@@ -48,7 +56,9 @@ def test_each_bad_input_is_rejected_with_its_reason(spark):
 
 def test_event_time_corrects_client_clock_and_falls_back(spark):
     lines = [
-        ev(messageId="skewed"),  # client clock one hour fast: received 09:00:06 - (10:00:05 - 10:00:00) = 09:00:01
+        ev(
+            messageId="skewed"
+        ),  # client clock one hour fast: received 09:00:06 - (10:00:05 - 10:00:00) = 09:00:01
         ev(messageId="no_sent", sentAt=None),
         ev(messageId="alias", type="alias", previousId="a0", userId="u1", anonymousId=None, event=None),
         ev(messageId="ident", type="identify", userId="u1", traits={"email": " Ann@X.com"}, event=None),

@@ -26,9 +26,17 @@ def test_a_replayed_batch_writes_nothing_twice(spark, cfg):
     batch = raw_lines(spark, [ev(messageId="m1"), ev(messageId="m1"), ev(messageId="m2"), "garbage"])
     first = process_event_batch(batch, 0, cfg, "app-1")
     again = process_event_batch(batch, 0, cfg, "app-1")  # same (app id, batch id): the crash-retry case
-    assert (first.rows, first.accepted, first.quarantined, first.inserted, first.duplicates) == (4, 3, 1, 2, 1)
+    assert (first.rows, first.accepted, first.quarantined, first.inserted, first.duplicates) == (
+        4,
+        3,
+        1,
+        2,
+        1,
+    )
     assert again.inserted == 0
-    counts = {n: io.read(spark, cfg, n).count() for n in ("bronze.events", "silver.events", "quarantine.events")}
+    counts = {
+        n: io.read(spark, cfg, n).count() for n in ("bronze.events", "silver.events", "quarantine.events")
+    }
     assert counts == {"bronze.events": 4, "silver.events": 2, "quarantine.events": 1}
     later = process_event_batch(raw_lines(spark, [ev(messageId="m2"), ev(messageId="m3")]), 1, cfg, "app-1")
     assert (later.inserted, later.duplicates) == (1, 1), "dedup holds across batches, not only within one"
@@ -38,7 +46,7 @@ def test_a_replayed_batch_writes_nothing_twice(spark, cfg):
 def test_stream_processes_landed_files_once(spark, cfg):
     generate(60, 5, cfg.lakehouse.landing, events_per_file=200)
     first = run_event_stream(spark, cfg)
-    lines = sum(1 for f in (cfg.lakehouse.landing / "events").glob("*.jsonl") for _ in open(f))
+    lines = sum(len(f.read_text().splitlines()) for f in (cfg.lakehouse.landing / "events").glob("*.jsonl"))
     assert sum(b.rows for b in first) == lines and io.read(spark, cfg, "bronze.events").count() == lines
     assert run_event_stream(spark, cfg) == [], "nothing new landed: no batch"
     extra = cfg.lakehouse.landing / "events" / ".late.jsonl.tmp"
