@@ -256,6 +256,10 @@ def _person_events(rng: random.Random, pid: int, person: dict, end: datetime) ->
                         "firstName": person["first"],
                         "lastName": person["last"],
                     }
+                    if (
+                        rng.random() < 0.6
+                    ):  # checkout/sign-up forms send a phone, with its country code for GB
+                        traits["phone"] = person["web_phone"]
                     if person["user_id"]:
                         if d == 0 and rng.random() < 0.3:
                             calls.append(("alias", {"previousId": anon, "userId": person["user_id"]}))
@@ -354,6 +358,10 @@ def generate(
                 "user_id": f"u{seed}-{i:08d}" if rng.random() < 0.6 else None,
                 "newsletter": rng.random() < 0.5,
                 "anonymous_ids": [],
+                "e164": e164,
+                "web_phone": _format_phone(rng, country, local)
+                if country == "US"
+                else f"+44 {local[:4]} {local[4:]}",
             }
             ids: set[str] = set()
             has_crm, has_shop = rng.random() < 0.6, rng.random() < 0.5
@@ -364,10 +372,12 @@ def generate(
                 copies = 2 if rng.random() < 0.03 else 1  # the same person twice in one system, new id
                 for c in range(copies):
                     rid = f"{'C' if system == 'crm' else 'S'}{i:08d}{c}"
+                    # Missing contact fields: 3% no email, 10% no phone, 0.2% neither. A record whose only
+                    # contact value appears nowhere else cannot be linked by deterministic rules.
                     missing = rng.random()
-                    rec_email = "" if missing < 0.06 else _dirty_email(rng, email)
-                    rec_phone = "" if 0.06 <= missing < 0.18 else _format_phone(rng, country, local)
-                    if missing > 0.995:
+                    rec_email = "" if missing < 0.03 else _dirty_email(rng, email)
+                    rec_phone = "" if 0.03 <= missing < 0.13 else _format_phone(rng, country, local)
+                    if missing > 0.998:
                         rec_email = rec_phone = ""
                     fn = _typo(rng, first) if rng.random() < 0.08 else first
                     fn = fn.upper() if rng.random() < 0.1 else fn
@@ -449,9 +459,11 @@ def generate(
                     ids.add(f"anonymous_id:{msg['anonymousId']}")
                 if msg.get("previousId"):
                     ids.add(f"anonymous_id:{msg['previousId']}")
-                email_trait = (msg.get("traits") or {}).get("email")
-                if email_trait:
-                    ids.add(f"email:{email_trait}")
+                traits = msg.get("traits") or {}
+                if traits.get("email"):
+                    ids.add(f"email:{traits['email']}")
+                if traits.get("phone"):
+                    ids.add(f"phone:{person['e164']}")
                 if rng.random() < 0.02:  # at-least-once delivery: the same message again
                     events.write(line)
                     counts.event_lines += 1

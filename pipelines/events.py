@@ -12,7 +12,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
-from pipelines.normalize import blank_to_null, normalize_email
+from pipelines.normalize import blank_to_null, normalize_email, normalize_phone
 from pipelines.records import keep_one_per_key
 
 EVENT_TYPES = ["track", "identify", "page", "screen", "group", "alias"]
@@ -59,6 +59,7 @@ SILVER_COLUMNS = [
     "traits",
     "context",
     "trait_email",
+    "trait_phone",
     "context_ip",
     "user_agent",
     "_source_file",
@@ -68,14 +69,19 @@ QUARANTINE_COLUMNS = ["feed", "source_file", "loaded_at", "raw", "reason"]
 
 
 def parse_events(
-    raw: DataFrame, max_event_bytes: int, min_event_time: str, max_future_seconds: int
+    raw: DataFrame,
+    max_event_bytes: int,
+    min_event_time: str,
+    max_future_seconds: int,
+    default_region: str = "US",
 ) -> DataFrame:
     """Parse ``value`` lines (with ``source_file`` and ``loaded_at``) into typed columns + ``_reject_reason``.
 
     Rejected, first match wins: over the size limit, not a JSON object, no messageId, unknown type,
     neither userId nor anonymousId (alias: userId and previousId), track without event, alias without
     previousId, a timestamp that does not parse, an event time before ``min_event_time`` or more than
-    ``max_future_seconds`` after it was loaded.
+    ``max_future_seconds`` after it was loaded. Identify traits' email and phone are normalised like CRM
+    values (phones without a country code read in ``default_region``).
     """
     trimmed = F.trim(F.col("value"))
     parsed = raw.withColumn(
@@ -121,6 +127,9 @@ def parse_events(
     df = (
         df.withColumn("event_time", corrected)
         .withColumn("trait_email", normalize_email(F.get_json_object("traits", "$.email")))
+        .withColumn(
+            "trait_phone", normalize_phone(F.get_json_object("traits", "$.phone"), F.lit(default_region))
+        )
         .withColumn("context_ip", F.get_json_object("context", "$.ip"))
         .withColumn("user_agent", F.get_json_object("context", "$.userAgent"))
     )

@@ -59,7 +59,7 @@ def identifier_observations(
     """Every identifier in every source record, minus blocklisted values.
 
     Customers contribute their record id (``<system>_id``), email, phone and linked web user_id. Events
-    contribute userId, anonymousId and identify traits' email; an alias call's previousId is the
+    contribute userId, anonymousId and identify traits' email and phone; an alias call's previousId is the
     anonymousId the visitor had before (analytics.js sends it that way).
     """
     cust = _observe(
@@ -87,6 +87,7 @@ def identifier_observations(
             ("anonymous_id", "anonymous_id"),
             ("anonymous_id", "previous_id"),
             ("email", "trait_email"),
+            ("phone", "trait_phone"),
         ],
         F.concat(F.lit("event:"), F.col("type")),
         "silver.events",

@@ -67,7 +67,9 @@ def _app_id(checkpoint: Path) -> str:
 def parse_configured(raw: DataFrame, cfg: Config) -> DataFrame:
     """``parse_events`` with the limits from conf (events.*)."""
     e = cfg.events
-    return parse_events(raw, e.max_event_bytes, e.min_event_time, e.max_future_seconds)
+    return parse_events(
+        raw, e.max_event_bytes, e.min_event_time, e.max_future_seconds, cfg.sources.default_phone_region
+    )
 
 
 def process_event_batch(batch: DataFrame, batch_id: int, cfg: Config, app_id: str) -> BatchStats:

@@ -88,10 +88,10 @@ def attribute_candidates(
         F.initcap(F.trim(F.get_json_object("traits", "$.firstName"))).alias("first_name"),
         F.initcap(F.trim(F.get_json_object("traits", "$.lastName"))).alias("last_name"),
         F.col("trait_email").alias("email"),
+        F.col("trait_phone").alias("phone"),
         *[
             F.lit(None).cast(t).alias(c)
             for c, t in [
-                ("phone", "string"),
                 ("street", "string"),
                 ("city", "string"),
                 ("postal_code", "string"),

@@ -61,13 +61,19 @@ def test_event_time_corrects_client_clock_and_falls_back(spark):
         ),  # client clock one hour fast: received 09:00:06 - (10:00:05 - 10:00:00) = 09:00:01
         ev(messageId="no_sent", sentAt=None),
         ev(messageId="alias", type="alias", previousId="a0", userId="u1", anonymousId=None, event=None),
-        ev(messageId="ident", type="identify", userId="u1", traits={"email": " Ann@X.com"}, event=None),
+        ev(
+            messageId="ident",
+            type="identify",
+            userId="u1",
+            traits={"email": " Ann@X.com", "phone": "(415) 234-5678"},
+            event=None,
+        ),
     ]
     rows = {r.message_id: r for r in silver_events(_parse(spark, lines)).collect()}
     assert rows["skewed"].event_time == datetime(2026, 10, 1, 9, 0, 1)
     assert rows["no_sent"].event_time == datetime(2026, 10, 1, 10, 0, 0)
     assert (rows["alias"].previous_id, rows["alias"].user_id) == ("a0", "u1")
-    assert rows["ident"].trait_email == "ann@x.com"
+    assert (rows["ident"].trait_email, rows["ident"].trait_phone) == ("ann@x.com", "+14152345678")
     assert json.loads(rows["skewed"].properties) == {"price": 9.5}
     assert json.loads(rows["skewed"].context)["ip"] == "1.2.3.4" and rows["skewed"].context_ip == "1.2.3.4"
 

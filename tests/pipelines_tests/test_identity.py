@@ -11,7 +11,7 @@ CUSTOMER_SCHEMA = (
 )
 EVENT_SCHEMA = (
     "message_id string, type string, user_id string, anonymous_id string, previous_id string, "
-    "trait_email string, event_time timestamp"
+    "trait_email string, trait_phone string, event_time timestamp"
 )
 T = datetime(2026, 1, 1)
 
@@ -62,10 +62,10 @@ def _inputs(spark):
     )
     events = spark.createDataFrame(
         [
-            ("m1", "identify", "u1", "a1", None, "ann@x.com", T),
-            ("m2", "page", None, "a2", None, None, T),
-            ("m3", "alias", "u1", None, "a3", None, T),
-            ("m4", "page", "undefined", "a4", None, None, T),  # junk user id
+            ("m1", "identify", "u1", "a1", None, "ann@x.com", None, T),
+            ("m2", "page", None, "a2", None, None, None, T),
+            ("m3", "alias", "u1", None, "a3", None, None, T),
+            ("m4", "identify", "undefined", "a4", None, None, "+14150000003", T),  # junk user id
         ],
         EVENT_SCHEMA,
     )
@@ -104,6 +104,9 @@ def test_identity_graph_groups_people_and_quarantines_oversized(spark, cfg):
     assert len({by_id[i] for i in ann}) == 1
     assert (
         len({by_id["crm_id:C2"], by_id["crm_id:C3"], by_id["anonymous_id:a2"], by_id[next(iter(ann))]}) == 4
+    )
+    assert by_id["anonymous_id:a4"] == by_id["crm_id:C3"], (
+        "identify traits' phone links the web visitor to the CRM record"
     )
     assert oversized.count() == 0
     g2, big = identity_graph(obs, build_edges(obs), max_component_size=6)
