@@ -14,6 +14,7 @@ def _observations(session, cfg):
         io.read(session, cfg, "silver.customers"),
         io.read(session, cfg, "silver.events"),
         cfg.identity.blocklist,
+        {t: c.normalizer for t, c in cfg.identity.identifier_types.items()},
     )
 
 
@@ -45,6 +46,12 @@ def identity_edges(spark: SparkResource) -> MaterializeResult:
             kinds={"spark", "delta"},
         ),
         AssetSpec(
+            ["quarantine", "identity_edges"],
+            description="Edges cut because they would put more identifiers of a type into one profile than allowed.",
+            deps=[AssetKey(["silver", "identity_edges"])],
+            kinds={"spark", "delta"},
+        ),
+        AssetSpec(
             ["quarantine", "identity_components"],
             description="Components above the size bound: not published, listed with their most-connected identifiers.",
             deps=[
@@ -59,14 +66,19 @@ def identity_edges(spark: SparkResource) -> MaterializeResult:
 def identity_graph_assets(context: AssetExecutionContext, spark: SparkResource):
     """Connected components (large-star/small-star) over the edges; oversized components are quarantined."""
     cfg, session = spark.config(), spark.session()
-    graph, oversized = identity_graph(
+    types = cfg.identity.identifier_types
+    graph, oversized, cut = identity_graph(
         _observations(session, cfg),
         io.read(session, cfg, "silver.identity_edges"),
         cfg.identity.max_component_size,
+        limits={t: c.max_per_profile for t, c in types.items()},
+        priorities={t: c.priority for t, c in types.items()},
     )
     io.overwrite(graph, cfg, "gold.identity_graph")
     io.overwrite(oversized, cfg, "quarantine.identity_components")
+    io.overwrite(cut, cfg, "quarantine.identity_edges")
     yield table_result(session, cfg, "gold.identity_graph")
+    yield table_result(session, cfg, "quarantine.identity_edges")
     too_big = io.read(session, cfg, "quarantine.identity_components").count()
     if too_big:
         context.log.warning(

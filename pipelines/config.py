@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SECTION_FILES = ("identity",)  # conf/<name>.yaml holds the `<name>` section
 CONF_DIR = Path(os.environ.get("CONVERGE_CONF_DIR", PROJECT_ROOT / "conf"))
 
 
@@ -109,9 +110,23 @@ class EventsConfig(_Strict):
     max_future_seconds: int = Field(86400, ge=0)
 
 
+class IdentifierTypeConfig(_Strict):
+    normalizer: Literal["trim", "lower", "email", "phone"] = "trim"
+    max_per_profile: int = Field(ge=1)
+    priority: int = Field(ge=1)
+
+
 class IdentityConfig(_Strict):
     max_component_size: int = Field(200, ge=2)
+    identifier_types: dict[str, IdentifierTypeConfig]
     blocklist: dict[str, list[str]] = {}
+
+    @model_validator(mode="after")
+    def _blocklisted_types_exist(self) -> IdentityConfig:
+        unknown = sorted(set(self.blocklist) - set(self.identifier_types))
+        if unknown:
+            raise ValueError(f"blocklist names identifier types that are not configured: {unknown}")
+        return self
 
     @field_validator("blocklist")
     @classmethod
@@ -137,8 +152,17 @@ class Config(_Strict):
     sources: SourcesConfig
     streaming: StreamingConfig = StreamingConfig()
     events: EventsConfig = EventsConfig()
-    identity: IdentityConfig = IdentityConfig()
+    identity: IdentityConfig
     profiles: ProfilesConfig = ProfilesConfig()
+
+    @model_validator(mode="after")
+    def _systems_have_identifier_types(self) -> Config:
+        missing = sorted(
+            f"{s}_id" for s in self.sources.systems if f"{s}_id" not in self.identity.identifier_types
+        )
+        if missing:
+            raise ValueError(f"identity.identifier_types must configure the CRM record id types {missing}")
+        return self
 
     def table_path(self, layer: str, table: str) -> str:
         """Absolute path of a Delta table, e.g. ``table_path("silver", "events")``."""
@@ -180,15 +204,18 @@ def load_config(
     ``lakehouse`` (else $CONVERGE_LAKEHOUSE) moves the whole lakehouse: tables, landing and checkpoints.
     """
     env = env or os.environ.get("CONVERGE_ENV", "dev")
-    files = [CONF_DIR / "base.yaml"]
+    # (file, the key its content goes under): sections of their own first, the environment's overrides last.
+    files: list[tuple[Path, str | None]] = [(CONF_DIR / "base.yaml", None)]
+    files += [(CONF_DIR / f"{section}.yaml", section) for section in SECTION_FILES]
     env_file = CONF_DIR / f"{env}.yaml"
     if env_file.exists():
-        files.append(env_file)
+        files.append((env_file, None))
     elif env != "dev":
         raise ConfigError(f"{env_file}: no configuration for CONVERGE_ENV={env!r}")
     merged: dict[str, Any] = {}
-    for f in files:
-        merged = deep_merge(merged, _read_yaml(f))
+    for f, section in files:
+        content = _read_yaml(f)
+        merged = deep_merge(merged, {section: content} if section else content)
     merged["env"] = env
     lakehouse_override = lakehouse or os.environ.get("CONVERGE_LAKEHOUSE")
     if lakehouse_override:
@@ -203,7 +230,7 @@ def load_config(
         cfg = Config.model_validate(merged)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
-        raise ConfigError(f"{' + '.join(str(f) for f in files)}: {problems}") from exc
+        raise ConfigError(f"{' + '.join(str(f) for f, _ in files)}: {problems}") from exc
     lh = cfg.lakehouse
     cfg.lakehouse = LakehouseConfig(
         root=_absolute(lh.root), landing=_absolute(lh.landing), checkpoints=_absolute(lh.checkpoints)

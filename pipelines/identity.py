@@ -13,7 +13,8 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from pipelines.normalize import blocked
+from pipelines.identity_guards import enforce_limits
+from pipelines.normalize import E164_PATTERN, blank_to_null, blocked, normalize_email
 
 OBSERVATION_COLUMNS = ["identifier", "id_type", "rule", "source_table", "source_record", "seen_at"]
 EDGE_COLUMNS = [
@@ -54,7 +55,10 @@ def _observe(
 
 
 def identifier_observations(
-    customers: DataFrame, events: DataFrame, blocklist: dict[str, list[str]]
+    customers: DataFrame,
+    events: DataFrame,
+    blocklist: dict[str, list[str]],
+    normalizers: dict[str, str] | None = None,
 ) -> DataFrame:
     """Every identifier in every source record, minus blocklisted values.
 
@@ -95,10 +99,28 @@ def identifier_observations(
         F.col("event_time"),
     )
     obs = cust.unionByName(ev)
+    value = F.col("value")
+    for id_type, how in (normalizers or {}).items():
+        value = F.when(F.col("id_type") == id_type, _normalized(F.col("value"), how)).otherwise(value)
+    obs = obs.withColumn("value", value).filter(F.col("value").isNotNull())
+    obs = obs.withColumn("identifier", F.concat_ws(":", "id_type", "value"))
     is_blocked = F.lit(False)
     for id_type, patterns in blocklist.items():
         is_blocked = is_blocked | ((F.col("id_type") == id_type) & blocked(F.col("value"), patterns))
     return obs.filter(~is_blocked).select(*OBSERVATION_COLUMNS)
+
+
+def _normalized(value: F.Column, how: str) -> F.Column:
+    """Per-type normaliser from conf. Emails and phones were normalised in silver with their context (a
+    phone with its record's country); here ``email`` re-applies the email rule and ``phone`` keeps only
+    values already in E.164, so a value from a new source cannot slip in un-normalised."""
+    if how == "lower":
+        return F.lower(F.trim(value))
+    if how == "email":
+        return normalize_email(value)
+    if how == "phone":
+        return F.when(value.rlike(E164_PATTERN), value)
+    return blank_to_null(value)
 
 
 def build_edges(observations: DataFrame) -> DataFrame:
@@ -201,12 +223,19 @@ def connected_components(vertices: DataFrame, edges: DataFrame, max_iterations: 
 
 
 def identity_graph(
-    observations: DataFrame, edges: DataFrame, max_component_size: int
-) -> tuple[DataFrame, DataFrame]:
-    """``(graph, oversized)``: identifier -> profile_id for components within the size bound, and one row
-    per oversized component with its size and its most-connected identifiers (to find the junk id)."""
+    observations: DataFrame,
+    edges: DataFrame,
+    max_component_size: int,
+    limits: dict[str, int] | None = None,
+    priorities: dict[str, int] | None = None,
+) -> tuple[DataFrame, DataFrame, DataFrame]:
+    """``(graph, oversized, cut_edges)``: identifier -> profile_id for components within the per-type
+    ``limits`` (edges cut by priority, see identity_guards) and the size bound; one row per oversized
+    component with its size and most-connected identifiers (to find the junk id); the edges cut."""
     vertices = observations.select(F.col("identifier").alias("id"), "id_type").dropDuplicates(["id"])
     cc = connected_components(vertices.select("id"), edges)
+    cc, cut = enforce_limits(cc, vertices, edges, limits or {}, priorities or {})
+    cc = cc.localCheckpoint()
     sized = cc.withColumn("component_size", F.count(F.lit(1)).over(_by_component())).join(vertices, "id")
     profile_id = F.concat(F.lit("p_"), F.substring(F.sha2(F.col("component"), 256), 1, 20))
     graph = sized.filter(F.col("component_size") <= max_component_size).select(
@@ -237,7 +266,7 @@ def identity_graph(
             F.transform("top", lambda s: s["id"]).alias("most_connected_identifiers"),
         )
     )
-    return graph, oversized
+    return graph, oversized, cut
 
 
 def _by_component():

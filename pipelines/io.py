@@ -37,6 +37,7 @@ TABLES: dict[str, str] = {
     "quarantine.orders": "order rows that could not be loaded, with reason",
     "quarantine.events": "events that could not be loaded, with reason",
     "quarantine.identity_components": "components larger than the size bound, not published",
+    "quarantine.identity_edges": "edges cut because they would break a per-type limit, with the reason",
 }
 LAYERS = sorted({name.split(".")[0] for name in TABLES})
 

@@ -16,6 +16,7 @@ from pyspark.sql.functions import pandas_udf
 from pyspark.sql.types import StringType
 
 EMAIL_PATTERN = r"^[a-z0-9._%+'-]+@[a-z0-9.-]+\.[a-z]{2,}$"
+E164_PATTERN = r"^\+[1-9][0-9]{6,14}$"
 
 
 def blank_to_null(col: Column) -> Column:

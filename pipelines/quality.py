@@ -16,9 +16,7 @@ import great_expectations.expectations as gxe
 from pyspark.sql import DataFrame
 
 from pipelines.events import EVENT_TYPES
-from pipelines.normalize import EMAIL_PATTERN
-
-E164_PATTERN = r"^\+[1-9][0-9]{6,14}$"
+from pipelines.normalize import E164_PATTERN, EMAIL_PATTERN
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,8 @@ def test_lakehouse_argument_moves_tables_landing_and_checkpoints(tmp_path):
 
 
 def _conf_dir(tmp_path: Path, extra: str) -> Path:
-    base = (config_module.PROJECT_ROOT / "conf" / "base.yaml").read_text()
-    (tmp_path / "base.yaml").write_text(base)
+    for name in ("base.yaml", "identity.yaml"):
+        (tmp_path / name).write_text((config_module.PROJECT_ROOT / "conf" / name).read_text())
     (tmp_path / "broken.yaml").write_text(extra)
     return tmp_path
 
@@ -62,3 +62,32 @@ def test_source_system_must_map_source_id(tmp_path, monkeypatch):
 def test_unknown_environment_is_an_error():
     with pytest.raises(ConfigError, match="no configuration for CONVERGE_ENV='nope'"):
         load_config("nope")
+
+
+def test_identity_section_comes_from_its_own_file_and_env_overrides_it(tmp_path, monkeypatch):
+    cfg = load_config("test")
+    assert cfg.identity.identifier_types["user_id"].max_per_profile == 1
+    assert cfg.identity.identifier_types["phone"].normalizer == "phone"
+    monkeypatch.setattr(
+        config_module,
+        "CONF_DIR",
+        _conf_dir(tmp_path, "identity:\n  identifier_types:\n    email: {max_per_profile: 2}\n"),
+    )
+    cfg = load_config("broken")
+    assert cfg.identity.identifier_types["email"].max_per_profile == 2
+    assert cfg.identity.identifier_types["email"].priority == 3, "deep-merged: the other keys stay"
+
+
+def test_blocklist_for_an_unconfigured_type_is_rejected(tmp_path, monkeypatch):
+    monkeypatch.setattr(
+        config_module, "CONF_DIR", _conf_dir(tmp_path, "identity:\n  blocklist: {fax: ['0']}\n")
+    )
+    with pytest.raises(ConfigError, match="not configured: \\['fax'\\]"):
+        load_config("broken")
+
+
+def test_every_crm_system_needs_its_identifier_type(tmp_path, monkeypatch):
+    extra = "sources:\n  systems:\n    erp: {columns: {source_id: id}}\n"
+    monkeypatch.setattr(config_module, "CONF_DIR", _conf_dir(tmp_path, extra))
+    with pytest.raises(ConfigError, match=r"CRM record id types \['erp_id'\]"):
+        load_config("broken")

@@ -90,7 +90,7 @@ def test_observations_edges_and_blocklist(spark, cfg):
 def test_identity_graph_groups_people_and_quarantines_oversized(spark, cfg):
     customers, events = _inputs(spark)
     obs = identifier_observations(customers, events, cfg.identity.blocklist)
-    graph, oversized = identity_graph(obs, build_edges(obs), max_component_size=50)
+    graph, oversized, cut = identity_graph(obs, build_edges(obs), max_component_size=50)
     by_id = {r.identifier: r.profile_id for r in graph.collect()}
     ann = {
         "crm_id:C1",
@@ -108,8 +108,8 @@ def test_identity_graph_groups_people_and_quarantines_oversized(spark, cfg):
     assert by_id["anonymous_id:a4"] == by_id["crm_id:C3"], (
         "identify traits' phone links the web visitor to the CRM record"
     )
-    assert oversized.count() == 0
-    g2, big = identity_graph(obs, build_edges(obs), max_component_size=6)
+    assert oversized.count() == 0 and cut.count() == 0, "no limits given: nothing is cut"
+    g2, big, _ = identity_graph(obs, build_edges(obs), max_component_size=6)
     assert not (set(r.identifier for r in g2.collect()) & ann), "the 7-identifier component is not published"
     row = big.collect()[0]
     assert row.component_size == 7 and row.most_connected_identifiers[:2] == ["email:ann@x.com", "user_id:u1"]
@@ -121,3 +121,79 @@ def test_profile_ids_are_the_same_on_a_rebuild(spark, cfg):
     a = identity_graph(obs, build_edges(obs), 50)[0]
     b = identity_graph(obs, build_edges(obs), 50)[0]
     assert_df_equality(a, b, ignore_row_order=True)
+
+
+def test_two_user_ids_never_merge_through_a_shared_device(spark, cfg):
+    t1, t2 = datetime(2026, 1, 1), datetime(2026, 2, 1)
+    events = spark.createDataFrame(
+        [
+            ("e1", "identify", "u1", "shared", None, "u1@x.com", None, t1),
+            ("e2", "identify", "u2", "own", None, None, None, t1),
+            ("e3", "identify", "u2", "shared", None, None, None, t2),  # u2 logs in on u1's device later
+        ],
+        EVENT_SCHEMA,
+    )
+    customers = spark.createDataFrame([], CUSTOMER_SCHEMA)
+    obs = identifier_observations(customers, events, cfg.identity.blocklist)
+    types = cfg.identity.identifier_types
+    limits = {t: c.max_per_profile for t, c in types.items()}
+    priorities = {t: c.priority for t, c in types.items()}
+    graph, _, cut = identity_graph(obs, build_edges(obs), 50, limits, priorities)
+    pid = {r.identifier: r.profile_id for r in graph.collect()}
+    assert pid["user_id:u1"] != pid["user_id:u2"]
+    assert pid["anonymous_id:shared"] == pid["user_id:u1"] == pid["email:u1@x.com"], (
+        "the earlier evidence wins"
+    )
+    assert pid["anonymous_id:own"] == pid["user_id:u2"]
+    cuts = [(r.src, r.dst, r.source_record, r.reason) for r in cut.collect()]
+    assert cuts == [("anonymous_id:shared", "user_id:u2", "e3", "limit: at most 1 user_id per profile")]
+    unguarded, _, _ = identity_graph(obs, build_edges(obs), 50)
+    assert unguarded.select("profile_id").distinct().count() == 1, "without limits the device glues them"
+
+
+def test_guard_keeps_the_stronger_identifier_type(spark):
+    """With a limit of 1 email, the email edge of the stronger type (crm record) survives, the weaker is cut."""
+    import pandas as pd
+
+    from pipelines.identity_guards import _solve
+
+    vertices = pd.DataFrame(
+        {
+            "id": ["crm_id:C1", "email:a@x", "email:b@x", "anonymous_id:z"],
+            "id_type": ["crm_id", "email", "email", "anonymous_id"],
+        }
+    )
+    edges = pd.DataFrame(
+        {
+            "src": ["anonymous_id:z", "crm_id:C1", "anonymous_id:z"],
+            "dst": ["email:b@x", "email:a@x", "crm_id:C1"],
+            "rule": ["event:identify", "crm_record:crm", "event:page"],
+            "source_table": ["e", "c", "e"],
+            "source_record": ["m1", "crm:C1", "m2"],
+            "first_seen": pd.to_datetime(["2020-01-01", "2026-01-01", "2021-01-01"]),
+        }
+    )
+    out = _solve(vertices, edges, {"email": 1}, {"crm_id": 2, "email": 3, "anonymous_id": 5})
+    labels = dict(zip(out[out.kind == "vertex"].id, out[out.kind == "vertex"].component, strict=True))
+    assert labels["email:a@x"] == labels["crm_id:C1"] == labels["anonymous_id:z"]
+    assert labels["email:b@x"] == "email:b@x"
+    assert out[out.kind == "cut"].source_record.tolist() == ["m1"]
+
+
+def test_per_type_normalizers_apply_before_blocklist_and_linking(spark, cfg):
+    customers = spark.createDataFrame(
+        [
+            ("crm", "C1", " u1 ", "ANN@X.COM", "415 234 5678", T, T, T),
+            ("crm", "C2", "u1", " TEST@TEST.COM", None, T, T, T),
+        ],
+        CUSTOMER_SCHEMA,
+    )
+    events = spark.createDataFrame([], EVENT_SCHEMA)
+    normalizers = {t: c.normalizer for t, c in cfg.identity.identifier_types.items()}
+    ids = {
+        r.identifier
+        for r in identifier_observations(customers, events, cfg.identity.blocklist, normalizers).collect()
+    }
+    assert ids == {"crm_id:C1", "crm_id:C2", "user_id:u1", "email:ann@x.com"}, (
+        "trimmed, lower-cased, non-E.164 phone and blocked email dropped"
+    )
