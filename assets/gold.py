@@ -1,5 +1,7 @@
 """Identity and profile assets: edges, the identity graph and golden profiles."""
 
+from datetime import UTC, datetime
+
 from dagster import AssetExecutionContext, AssetKey, AssetSpec, MaterializeResult, asset, multi_asset
 
 from assets.metadata import table_result
@@ -46,6 +48,18 @@ def identity_edges(spark: SparkResource) -> MaterializeResult:
             kinds={"spark", "delta"},
         ),
         AssetSpec(
+            ["gold", "profile_ids"],
+            description="Every profile id ever issued, with when it was retired and into which profile: ids are never reused.",
+            deps=[AssetKey(["silver", "identity_edges"])],
+            kinds={"spark", "delta"},
+        ),
+        AssetSpec(
+            ["gold", "profile_merges"],
+            description="Profile merges and splits per build, with the edge that caused each.",
+            deps=[AssetKey(["silver", "identity_edges"])],
+            kinds={"spark", "delta"},
+        ),
+        AssetSpec(
             ["quarantine", "identity_edges"],
             description="Edges cut because they would put more identifiers of a type into one profile than allowed.",
             deps=[AssetKey(["silver", "identity_edges"])],
@@ -67,17 +81,42 @@ def identity_graph_assets(context: AssetExecutionContext, spark: SparkResource):
     """Connected components (large-star/small-star) over the edges; oversized components are quarantined."""
     cfg, session = spark.config(), spark.session()
     types = cfg.identity.identifier_types
-    graph, oversized, cut = identity_graph(
+    previous = (
+        io.read(session, cfg, "gold.identity_graph")
+        if io.exists(session, cfg, "gold.identity_graph")
+        else None
+    )
+    registry = (
+        io.read(session, cfg, "gold.profile_ids") if io.exists(session, cfg, "gold.profile_ids") else None
+    )
+    result = identity_graph(
         _observations(session, cfg),
         io.read(session, cfg, "silver.identity_edges"),
         cfg.identity.max_component_size,
         limits={t: c.max_per_profile for t, c in types.items()},
         priorities={t: c.priority for t, c in types.items()},
+        previous=previous,
+        registry=registry,
+        built_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"),
     )
+    # Merges, splits and the registry derive from the previous graph and registry: settle them before
+    # either table is overwritten.
+    changes, new_registry = result.changes.localCheckpoint(), result.registry.localCheckpoint()
+    graph = result.graph.localCheckpoint()
+    io.append(changes, cfg, "gold.profile_merges")
+    io.overwrite(new_registry, cfg, "gold.profile_ids")
     io.overwrite(graph, cfg, "gold.identity_graph")
-    io.overwrite(oversized, cfg, "quarantine.identity_components")
-    io.overwrite(cut, cfg, "quarantine.identity_edges")
+    io.overwrite(result.oversized, cfg, "quarantine.identity_components")
+    io.overwrite(result.cut_edges, cfg, "quarantine.identity_edges")
     yield table_result(session, cfg, "gold.identity_graph")
+    yield table_result(session, cfg, "gold.profile_ids")
+    yield table_result(
+        session,
+        cfg,
+        "gold.profile_merges",
+        merges_this_build=changes.filter("event = 'merge'").count(),
+        splits_this_build=changes.filter("event = 'split'").count(),
+    )
     yield table_result(session, cfg, "quarantine.identity_edges")
     too_big = io.read(session, cfg, "quarantine.identity_components").count()
     if too_big:

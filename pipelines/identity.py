@@ -9,12 +9,15 @@ strangers together; a component larger than the size bound is quarantined instea
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pyspark import StorageLevel
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
 from pipelines.identity_guards import enforce_limits
 from pipelines.normalize import E164_PATTERN, blank_to_null, blocked, normalize_email
+from pipelines.profile_ids import assign_profile_ids
 
 OBSERVATION_COLUMNS = ["identifier", "id_type", "rule", "source_table", "source_record", "seen_at"]
 EDGE_COLUMNS = [
@@ -222,28 +225,49 @@ def connected_components(vertices: DataFrame, edges: DataFrame, max_iterations: 
     )
 
 
+@dataclass
+class IdentityResult:
+    graph: DataFrame  # identifier -> profile_id, published components only
+    oversized: DataFrame  # components above the size bound
+    cut_edges: DataFrame  # edges cut by a per-type limit
+    registry: DataFrame  # every profile id ever issued (gold.profile_ids)
+    changes: DataFrame  # merges and splits of this build (gold.profile_merges)
+
+
 def identity_graph(
     observations: DataFrame,
     edges: DataFrame,
     max_component_size: int,
     limits: dict[str, int] | None = None,
     priorities: dict[str, int] | None = None,
-) -> tuple[DataFrame, DataFrame, DataFrame]:
-    """``(graph, oversized, cut_edges)``: identifier -> profile_id for components within the per-type
-    ``limits`` (edges cut by priority, see identity_guards) and the size bound; one row per oversized
-    component with its size and most-connected identifiers (to find the junk id); the edges cut."""
+    previous: DataFrame | None = None,
+    registry: DataFrame | None = None,
+    built_at: str = "1970-01-01 00:00:00",
+) -> IdentityResult:
+    """Components within the per-type ``limits`` (edges cut by priority, see identity_guards) and the size
+    bound, with profile ids that survive rebuilds (see profile_ids); oversized components are reported
+    with their most-connected identifiers, which are usually the junk value."""
+    spark = observations.sparkSession
     vertices = observations.select(F.col("identifier").alias("id"), "id_type").dropDuplicates(["id"])
     cc = connected_components(vertices.select("id"), edges)
     cc, cut = enforce_limits(cc, vertices, edges, limits or {}, priorities or {})
-    cc = cc.localCheckpoint()
-    sized = cc.withColumn("component_size", F.count(F.lit(1)).over(_by_component())).join(vertices, "id")
-    profile_id = F.concat(F.lit("p_"), F.substring(F.sha2(F.col("component"), 256), 1, 20))
-    graph = sized.filter(F.col("component_size") <= max_component_size).select(
-        F.col("id").alias("identifier"),
-        "id_type",
-        F.expr("substring(id, length(id_type) + 2)").alias("id_value"),
-        profile_id.alias("profile_id"),
-        "component_size",
+    sized = cc.withColumn(
+        "component_size", F.count(F.lit(1)).over(Window.partitionBy("component"))
+    ).localCheckpoint()
+    published = sized.filter(F.col("component_size") <= max_component_size)
+    ids, new_registry, changes = assign_profile_ids(
+        spark, published.select("id", "component"), previous, registry, edges, built_at
+    )
+    graph = (
+        published.join(ids, "component")
+        .join(vertices, "id")
+        .select(
+            F.col("id").alias("identifier"),
+            "id_type",
+            F.expr("substring(id, length(id_type) + 2)").alias("id_value"),
+            "profile_id",
+            "component_size",
+        )
     )
     degree = (
         edges.select(F.col("src").alias("id"))
@@ -261,15 +285,9 @@ def identity_graph(
             ).alias("top")
         )
         .select(
-            profile_id.alias("component_id"),
+            F.concat(F.lit("c_"), F.substring(F.sha2(F.col("component"), 256), 1, 20)).alias("component_id"),
             "component_size",
             F.transform("top", lambda s: s["id"]).alias("most_connected_identifiers"),
         )
     )
-    return graph, oversized, cut
-
-
-def _by_component():
-    from pyspark.sql import Window
-
-    return Window.partitionBy("component")
+    return IdentityResult(graph, oversized, cut, new_registry, changes)

@@ -33,6 +33,8 @@ TABLES: dict[str, str] = {
     "silver.identity_edges": "identifier <-> identifier edges with rule and source record",
     "gold.identity_graph": "identifier -> profile_id",
     "gold.profiles": "one golden profile per person",
+    "gold.profile_ids": "every profile id ever issued: created, retired, retired into",
+    "gold.profile_merges": "merges and splits of profiles, when, and the edge that caused them",
     "quarantine.crm_customers": "customer rows that could not be loaded, with reason",
     "quarantine.orders": "order rows that could not be loaded, with reason",
     "quarantine.events": "events that could not be loaded, with reason",

@@ -90,7 +90,8 @@ def test_observations_edges_and_blocklist(spark, cfg):
 def test_identity_graph_groups_people_and_quarantines_oversized(spark, cfg):
     customers, events = _inputs(spark)
     obs = identifier_observations(customers, events, cfg.identity.blocklist)
-    graph, oversized, cut = identity_graph(obs, build_edges(obs), max_component_size=50)
+    r = identity_graph(obs, build_edges(obs), max_component_size=50)
+    graph, oversized, cut = r.graph, r.oversized, r.cut_edges
     by_id = {r.identifier: r.profile_id for r in graph.collect()}
     ann = {
         "crm_id:C1",
@@ -109,7 +110,8 @@ def test_identity_graph_groups_people_and_quarantines_oversized(spark, cfg):
         "identify traits' phone links the web visitor to the CRM record"
     )
     assert oversized.count() == 0 and cut.count() == 0, "no limits given: nothing is cut"
-    g2, big, _ = identity_graph(obs, build_edges(obs), max_component_size=6)
+    r2 = identity_graph(obs, build_edges(obs), max_component_size=6)
+    g2, big = r2.graph, r2.oversized
     assert not (set(r.identifier for r in g2.collect()) & ann), "the 7-identifier component is not published"
     row = big.collect()[0]
     assert row.component_size == 7 and row.most_connected_identifiers[:2] == ["email:ann@x.com", "user_id:u1"]
@@ -118,8 +120,8 @@ def test_identity_graph_groups_people_and_quarantines_oversized(spark, cfg):
 def test_profile_ids_are_the_same_on_a_rebuild(spark, cfg):
     customers, events = _inputs(spark)
     obs = identifier_observations(customers, events, cfg.identity.blocklist)
-    a = identity_graph(obs, build_edges(obs), 50)[0]
-    b = identity_graph(obs, build_edges(obs), 50)[0]
+    a = identity_graph(obs, build_edges(obs), 50).graph
+    b = identity_graph(obs, build_edges(obs), 50).graph
     assert_df_equality(a, b, ignore_row_order=True)
 
 
@@ -138,7 +140,8 @@ def test_two_user_ids_never_merge_through_a_shared_device(spark, cfg):
     types = cfg.identity.identifier_types
     limits = {t: c.max_per_profile for t, c in types.items()}
     priorities = {t: c.priority for t, c in types.items()}
-    graph, _, cut = identity_graph(obs, build_edges(obs), 50, limits, priorities)
+    r = identity_graph(obs, build_edges(obs), 50, limits, priorities)
+    graph, cut = r.graph, r.cut_edges
     pid = {r.identifier: r.profile_id for r in graph.collect()}
     assert pid["user_id:u1"] != pid["user_id:u2"]
     assert pid["anonymous_id:shared"] == pid["user_id:u1"] == pid["email:u1@x.com"], (
@@ -147,7 +150,7 @@ def test_two_user_ids_never_merge_through_a_shared_device(spark, cfg):
     assert pid["anonymous_id:own"] == pid["user_id:u2"]
     cuts = [(r.src, r.dst, r.source_record, r.reason) for r in cut.collect()]
     assert cuts == [("anonymous_id:shared", "user_id:u2", "e3", "limit: at most 1 user_id per profile")]
-    unguarded, _, _ = identity_graph(obs, build_edges(obs), 50)
+    unguarded = identity_graph(obs, build_edges(obs), 50).graph
     assert unguarded.select("profile_id").distinct().count() == 1, "without limits the device glues them"
 
 

@@ -1,0 +1,204 @@
+"""Stable profile ids across rebuilds, merges and splits; ids are never reused.
+
+Each build computes components afresh. A component then takes the id of the earlier profile it shares
+most identifiers with (ties: the oldest profile), provided that profile does not share even more with
+another component: when a profile splits, its largest part keeps the id. A component that inherits no id
+gets a new one, derived from its smallest identifier, or from that and the build time if the registry
+already issued it. Every id ever issued stays in ``gold.profile_ids`` (with when it was retired and into
+what), and every merge and split is recorded in ``gold.profile_merges`` with the edge that caused it.
+"""
+
+from __future__ import annotations
+
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+REGISTRY_SCHEMA = "profile_id string, created_at timestamp, retired_at timestamp, retired_into string"
+MERGES_SCHEMA = (
+    "event string, from_profile_id string, into_profile_id string, at timestamp, identifiers_moved long, "
+    "edge_src string, edge_dst string, edge_rule string, edge_source_record string"
+)
+
+
+def _hash_id(*parts: F.Column) -> F.Column:
+    return F.concat(F.lit("p_"), F.substring(F.sha2(F.concat_ws("#", *parts), 256), 1, 20))
+
+
+def assign_profile_ids(
+    spark: SparkSession,
+    components: DataFrame,
+    previous: DataFrame | None,
+    registry: DataFrame | None,
+    edges: DataFrame,
+    built_at: str,
+) -> tuple[DataFrame, DataFrame, DataFrame]:
+    """``(ids, registry, changes)`` for ``components`` (id, component).
+
+    ``ids``: component -> profile_id. ``registry``: the full new registry. ``changes``: merge and split rows
+    of this build. ``previous`` is the last identity graph (identifier, profile_id), ``registry`` the last
+    registry; both None on the first build.
+    """
+    now = F.to_timestamp(F.lit(built_at))
+    previous = (
+        previous
+        if previous is not None
+        else spark.createDataFrame([], "identifier string, profile_id string")
+    )
+    registry = registry if registry is not None else spark.createDataFrame([], REGISTRY_SCHEMA)
+    anchors = components.groupBy("component").agg(F.count(F.lit(1)).alias("size"))
+    overlap = (
+        components.join(
+            previous.select(F.col("identifier").alias("id"), F.col("profile_id").alias("old")), "id"
+        )
+        .groupBy("component", "old")
+        .agg(F.count(F.lit(1)).alias("n"))
+        .join(registry.select(F.col("profile_id").alias("old"), "created_at"), "old", "left")
+    )
+    best_for_component = Window.partitionBy("component").orderBy(
+        F.desc("n"), F.asc_nulls_last("created_at"), F.asc("old")
+    )
+    best_for_old = Window.partitionBy("old").orderBy(F.desc("n"), F.asc("component"))
+    ranked = overlap.withColumn("rc", F.row_number().over(best_for_component)).withColumn(
+        "ro", F.row_number().over(best_for_old)
+    )
+    kept = ranked.filter("rc = 1 AND ro = 1").select("component", F.col("old").alias("profile_id"))
+    issued = registry.select(F.col("profile_id").alias("candidate")).withColumn("taken", F.lit(True))
+    fresh = (
+        anchors.join(kept, "component", "left_anti")
+        .withColumn("candidate", _hash_id(F.col("component")))
+        .join(issued, "candidate", "left")
+        .select(
+            "component",
+            F.when(F.col("taken"), _hash_id(F.col("component"), F.lit(built_at)))
+            .otherwise(F.col("candidate"))
+            .alias("profile_id"),
+        )
+    )
+    ids = kept.unionByName(fresh).localCheckpoint()
+
+    # What happened to each earlier profile: kept, merged into another component's id, or split.
+    moves = ranked.join(ids, "component").select(
+        "old", "component", "n", "rc", "ro", F.col("profile_id").alias("into")
+    )
+    merges = moves.filter("ro = 1 AND into != old").select(
+        F.lit("merge").alias("event"),
+        F.col("old").alias("from_profile_id"),
+        "into",
+        F.col("n").alias("identifiers_moved"),
+    )
+    splits = moves.filter("ro > 1 AND into != old").select(
+        F.lit("split").alias("event"),
+        F.col("old").alias("from_profile_id"),
+        "into",
+        F.col("n").alias("identifiers_moved"),
+    )
+    # The edge that caused it: the newest edge joining an identifier of the earlier profile to one outside it.
+    prev_of = previous.select(F.col("identifier"), F.col("profile_id").alias("p"))
+    comp_of = components.join(ids, "component").select(
+        F.col("id").alias("identifier"), F.col("profile_id").alias("now")
+    )
+    e = (
+        edges.join(
+            prev_of.withColumnRenamed("identifier", "src").withColumnRenamed("p", "p_src"), "src", "left"
+        )
+        .join(prev_of.withColumnRenamed("identifier", "dst").withColumnRenamed("p", "p_dst"), "dst", "left")
+        .join(
+            comp_of.withColumnRenamed("identifier", "src").withColumnRenamed("now", "now_src"), "src", "left"
+        )
+    )
+    crossing = e.filter(F.col("p_src").isNotNull() | F.col("p_dst").isNotNull()).filter(
+        F.coalesce(F.col("p_src"), F.lit("")) != F.coalesce(F.col("p_dst"), F.lit(""))
+    )
+    by_profile = (
+        crossing.select(
+            F.col("p_src").alias("from_profile_id"),
+            "now_src",
+            "src",
+            "dst",
+            "rule",
+            "source_record",
+            "last_seen",
+        )
+        .unionByName(
+            crossing.select(
+                F.col("p_dst").alias("from_profile_id"),
+                "now_src",
+                "src",
+                "dst",
+                "rule",
+                "source_record",
+                "last_seen",
+            )
+        )
+        .filter(F.col("from_profile_id").isNotNull())
+    )
+    newest = Window.partitionBy("from_profile_id", "now_src").orderBy(
+        F.desc("last_seen"), F.asc("src"), F.asc("dst")
+    )
+    cause = (
+        by_profile.withColumn("r", F.row_number().over(newest))
+        .filter("r = 1")
+        .select(
+            "from_profile_id",
+            F.col("now_src").alias("into"),
+            F.col("src").alias("edge_src"),
+            F.col("dst").alias("edge_dst"),
+            F.col("rule").alias("edge_rule"),
+            F.col("source_record").alias("edge_source_record"),
+        )
+    )
+    changes = (
+        merges.unionByName(splits)
+        .join(cause, ["from_profile_id", "into"], "left")
+        .select(
+            "event",
+            "from_profile_id",
+            F.col("into").alias("into_profile_id"),
+            now.alias("at"),
+            "identifiers_moved",
+            "edge_src",
+            "edge_dst",
+            "edge_rule",
+            "edge_source_record",
+        )
+    )
+
+    live = ids.select("profile_id").distinct()
+    retired_into = merges.select(
+        F.col("from_profile_id").alias("profile_id"), F.col("into").alias("into_now")
+    )
+    gone = (
+        registry.filter(F.col("retired_at").isNull())
+        .join(live, "profile_id", "left_anti")
+        .join(retired_into, "profile_id", "left")
+    )
+    new_registry = (
+        registry.join(gone.select("profile_id", "into_now"), "profile_id", "left")
+        .select(
+            "profile_id",
+            "created_at",
+            F.when(F.col("retired_at").isNull() & F.col("into_now").isNotNull(), now)
+            .otherwise(F.col("retired_at"))
+            .alias("retired_at"),
+            F.coalesce("retired_into", "into_now").alias("retired_into"),
+        )
+        .unionByName(
+            live.join(registry.select("profile_id"), "profile_id", "left_anti").select(
+                "profile_id",
+                now.alias("created_at"),
+                F.lit(None).cast("timestamp").alias("retired_at"),
+                F.lit(None).cast("string").alias("retired_into"),
+            )
+        )
+    )
+    # A live id whose identifiers all left without a merge (they went to quarantine) is retired too.
+    orphaned = gone.filter(F.col("into_now").isNull()).select("profile_id").withColumn("orphan", F.lit(True))
+    new_registry = new_registry.join(orphaned, "profile_id", "left").select(
+        "profile_id",
+        "created_at",
+        F.when(F.col("orphan") & F.col("retired_at").isNull(), now)
+        .otherwise(F.col("retired_at"))
+        .alias("retired_at"),
+        "retired_into",
+    )
+    return ids, new_registry, changes
