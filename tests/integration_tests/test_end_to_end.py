@@ -153,3 +153,24 @@ def test_exploration_notebook_runs_end_to_end(pipeline_run):
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     assert "profiles" in str(outputs[1]) and "source_record" in str(outputs[2])
+
+
+def test_a_rerun_keeps_every_profile_id_and_loads_nothing_twice(pipeline_run, spark):
+    _, cfg, _ = pipeline_run
+    before = {r.identifier: r.profile_id for r in io.read(spark, cfg, "gold.identity_graph").collect()}
+    bronze_before = {
+        t: io.read(spark, cfg, t).count() for t in ("bronze.crm_customers", "bronze.orders", "bronze.events")
+    }
+    rerun = defs.resolve_job_def("converge_all").execute_in_process(
+        instance=DagsterInstance.ephemeral(), raise_on_error=False
+    )
+    assert rerun.success
+    after = {r.identifier: r.profile_id for r in io.read(spark, cfg, "gold.identity_graph").collect()}
+    assert after == before
+    assert {t: io.read(spark, cfg, t).count() for t in bronze_before} == bronze_before
+    assert io.read(spark, cfg, "gold.profile_merges").count() == 0
+    registry = io.read(spark, cfg, "gold.profile_ids")
+    assert (
+        registry.count() == len(set(before.values()))
+        and registry.filter("retired_at is not null").count() == 0
+    )
