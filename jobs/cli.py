@@ -5,6 +5,7 @@ converge run [--job converge_all]                 materialize through Dagster (r
 converge demo [--people N] [--reset]              generate + run + print the summary
 converge sql "SELECT ..." [--format table|csv|json]
 converge score [--truth FILE]                     identity graph vs ground truth
+    converge explain email:ann@example.com            the profile and the edges that tie its identifiers
 converge tables                                   the tables and their row counts
 """
 
@@ -220,6 +221,32 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if all(c["passed"] for c in checks) else 1
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from pipelines import io
+    from pipelines.explain import explain, normalize_identifier, render
+
+    spark, cfg = _spark()
+    normalizers = {t: c.normalizer for t, c in cfg.identity.identifier_types.items()}
+    ident = normalize_identifier(args.identifier, normalizers, cfg.sources.default_phone_region)
+
+    def optional(name: str):
+        return io.read(spark, cfg, name) if io.exists(spark, cfg, name) else None
+
+    ex = explain(
+        ident,
+        io.read(spark, cfg, "gold.identity_graph"),
+        io.read(spark, cfg, "silver.identity_edges"),
+        optional("gold.profiles"),
+        optional("quarantine.identity_edges"),
+        optional("gold.profile_merges"),
+        optional("quarantine.identity_components"),
+    )
+    print(json.dumps(asdict(ex), default=str, indent=2) if args.format == "json" else render(ex))
+    return 0 if ex.profile_id else 3
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="converge", description="Converge: lakehouse-native customer data platform"
@@ -254,6 +281,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sc.add_argument("--truth", default=None)
     sc.set_defaults(fn=cmd_score)
+
+    x = sub.add_parser("explain", help="why an identifier belongs to its profile: the chain of edges")
+    x.add_argument("identifier", help="type:value, e.g. email:ann@example.com")
+    x.add_argument("--format", choices=["text", "json"], default="text")
+    x.set_defaults(fn=cmd_explain)
 
     t = sub.add_parser("tables", help="list tables with row counts")
     t.add_argument("--format", choices=["table", "csv", "json"], default="table")

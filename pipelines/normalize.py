@@ -45,7 +45,8 @@ def normalize_country(col: Column, aliases: dict[str, str]) -> Column:
     return F.when(mapped.rlike("^[A-Z]{2}$"), mapped)
 
 
-def _e164(raw: str | None, region: str | None) -> str | None:
+def e164(raw: str | None, region: str | None) -> str | None:
+    """E.164 for one phone string (``region`` for national formats), or None if invalid."""
     if raw is None or not raw.strip():
         return None
     try:
@@ -60,7 +61,7 @@ def _e164(raw: str | None, region: str | None) -> str | None:
 @pandas_udf(StringType())  # type: ignore[call-overload]
 def _e164_udf(raw: pd.Series, region: pd.Series) -> pd.Series:
     # phonenumbers is Google's libphonenumber port; there is no Spark-native equivalent, so a vectorised UDF.
-    return pd.Series([_e164(r, g) for r, g in zip(raw, region, strict=True)], dtype=object)
+    return pd.Series([e164(r, g) for r, g in zip(raw, region, strict=True)], dtype=object)
 
 
 def normalize_phone(col: Column, region: Column) -> Column:

@@ -136,6 +136,32 @@ def test_converge_sql_reads_the_registered_tables(pipeline_run, spark):
     assert out.getvalue().splitlines() == ["+-------+", "|   one |", "|-------|", "|     1 |", "+-------+"]
 
 
+def test_converge_explain_prints_every_identifier_of_the_profile(pipeline_run, spark):
+    _, cfg, _ = pipeline_run
+    row = spark.sql(
+        "select identifier, profile_id from gold.identity_graph where id_type = 'email' order by component_size desc, identifier limit 1"
+    ).first()
+    members = {
+        r[0]
+        for r in spark.sql(
+            f"select identifier from gold.identity_graph where profile_id = '{row.profile_id}'"
+        ).collect()
+    }
+    out = pyio.StringIO()
+    with redirect_stdout(out):
+        assert (
+            converge(["explain", row.identifier.upper().replace("EMAIL:", "email: "), "--format", "json"])
+            == 0
+        )
+    ex = json.loads(out.getvalue())
+    assert ex["profile_id"] == row.profile_id and {link["identifier"] for link in ex["links"]} == members
+    assert all(link["rule"] for link in ex["links"] if link["parent"]), "every link names its rule and source"
+    out = pyio.StringIO()
+    with redirect_stdout(out):
+        assert converge(["explain", "email:nobody-at-all@example.com"]) == 3
+    assert "no profile holds it" in out.getvalue()
+
+
 def test_exploration_notebook_runs_end_to_end(pipeline_run):
     """The notebook runs in its own kernel (its own Spark JVM) against the lakehouse the pipeline built."""
     import nbformat
