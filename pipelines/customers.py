@@ -13,25 +13,7 @@ from pipelines.config import CANONICAL_CUSTOMER_COLUMNS, SourceSystemConfig
 from pipelines.normalize import blank_to_null, clean_name, normalize_country, normalize_email, normalize_phone
 from pipelines.records import keep_one_per_key
 
-SILVER_COLUMNS = [
-    "source_system",
-    "source_id",
-    "user_id",
-    "first_name",
-    "last_name",
-    "email",
-    "phone",
-    "street",
-    "city",
-    "postal_code",
-    "country",
-    "date_of_birth",
-    "created_at",
-    "updated_at",
-    "quality_flags",
-    "_source_file",
-    "_loaded_at",
-]
+SILVER_COLUMNS = ["source_system", *CANONICAL_CUSTOMER_COLUMNS, "quality_flags", "_source_file", "_loaded_at"]
 
 
 def standardize_customers(

@@ -8,8 +8,6 @@ id, so a batch replayed after a crash commits nothing twice; a new checkpoint ge
 
 from __future__ import annotations
 
-import csv
-import uuid
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,23 +43,11 @@ def load_csv_feed(spark: SparkSession, cfg: Config, folder: Path, feed: str, tab
     files = [f for f in io.landing_files(folder, "*.csv") if f not in done]
     by_header: dict[tuple[str, ...], list[str]] = {}
     for f in files:
-        with open(f, newline="", encoding="utf-8") as fh:
-            by_header.setdefault(tuple(next(csv.reader(fh), [])), []).append(f)
+        by_header.setdefault(tuple(io.csv_header(f)), []).append(f)
     loaded_at = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
     for group in by_header.values():
         io.append(csv_to_bronze(io.read_csv_raw(spark, group), feed, loaded_at), cfg, table)
     return files
-
-
-def _app_id(checkpoint: Path) -> str:
-    """The Delta transaction app id bound to this checkpoint (a fresh checkpoint gets a fresh id)."""
-    checkpoint.mkdir(parents=True, exist_ok=True)
-    marker = checkpoint / "converge_txn_app_id"
-    if not marker.exists():
-        tmp = checkpoint / f".converge_txn_app_id.{uuid.uuid4().hex}"
-        tmp.write_text(f"converge-events-{uuid.uuid4()}")
-        tmp.replace(marker)
-    return marker.read_text().strip()
 
 
 def parse_configured(raw: DataFrame, cfg: Config) -> DataFrame:
@@ -106,7 +92,7 @@ def run_event_stream(
     Returns the stats of each micro-batch this call processed.
     """
     checkpoint = cfg.lakehouse.checkpoints / "events_stream"
-    app_id = _app_id(checkpoint)
+    app_id = io.checkpoint_app_id(checkpoint, "converge-events")
     processed: list[BatchStats] = []
 
     def handle(batch: DataFrame, batch_id: int) -> None:

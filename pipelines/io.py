@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import random
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -159,13 +160,32 @@ def loaded_files(spark: SparkSession, cfg: Config, name: str) -> set[str]:
     return {r[0] for r in read(spark, cfg, name).select("source_file").distinct().collect()}
 
 
+def csv_header(path: str) -> list[str]:
+    """The header line of a CSV file (an empty list for an empty file)."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        return next(csv.reader(fh), [])
+
+
+def checkpoint_app_id(checkpoint: Path, prefix: str) -> str:
+    """The Delta transaction app id bound to a streaming checkpoint: created once, atomically, with it.
+
+    A fresh checkpoint restarts batch ids at 0, so it needs a fresh app id, or Delta would skip its writes.
+    """
+    checkpoint.mkdir(parents=True, exist_ok=True)
+    marker = checkpoint / "converge_txn_app_id"
+    if not marker.exists():
+        tmp = checkpoint / f".converge_txn_app_id.{uuid.uuid4().hex}"
+        tmp.write_text(f"{prefix}-{uuid.uuid4()}")
+        tmp.replace(marker)
+    return marker.read_text().strip()
+
+
 def read_csv_raw(spark: SparkSession, files: list[str]) -> DataFrame:
     """CSV files sharing a header, every column a string, malformed lines kept in ``_corrupt_record``.
 
     No type inference: bronze keeps values exactly as sent, and typing happens in silver with try_cast.
     """
-    with open(files[0], newline="", encoding="utf-8") as fh:
-        header = next(csv.reader(fh), None)
+    header = csv_header(files[0])
     if not header:
         raise ValueError(f"{files[0]}: empty CSV file, expected a header line")
     schema = StructType(
