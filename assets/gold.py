@@ -110,20 +110,22 @@ def identity_graph_assets(context: AssetExecutionContext, spark: SparkResource):
     io.overwrite(result.cut_edges, cfg, "quarantine.identity_edges")
     yield table_result(session, cfg, "gold.identity_graph")
     yield table_result(session, cfg, "gold.profile_ids")
+    by_event = {r["event"]: r["count"] for r in changes.groupBy("event").count().collect()}
     yield table_result(
         session,
         cfg,
         "gold.profile_merges",
-        merges_this_build=changes.filter("event = 'merge'").count(),
-        splits_this_build=changes.filter("event = 'split'").count(),
+        merges_this_build=by_event.get("merge", 0),
+        splits_this_build=by_event.get("split", 0),
     )
     yield table_result(session, cfg, "quarantine.identity_edges")
-    too_big = io.read(session, cfg, "quarantine.identity_components").count()
+    oversized = table_result(session, cfg, "quarantine.identity_components")
+    too_big = oversized.metadata["dagster/row_count"] if oversized.metadata else 0
     if too_big:
         context.log.warning(
             f"{too_big} component(s) above {cfg.identity.max_component_size} identifiers quarantined"
         )
-    yield table_result(session, cfg, "quarantine.identity_components")
+    yield oversized
 
 
 @asset(
