@@ -7,7 +7,7 @@ from dagster import AssetExecutionContext, AssetKey, AssetSpec, MaterializeResul
 from assets.metadata import table_result
 from assets.resources import SparkResource
 from pipelines import io
-from pipelines.identity import build_edges, identifier_observations, identity_graph
+from pipelines.identity import all_edges, identifier_observations, identity_graph
 from pipelines.profiles import build_profiles
 
 
@@ -27,10 +27,27 @@ def _observations(session, cfg):
     kinds={"spark", "delta"},
 )
 def identity_edges(spark: SparkResource) -> MaterializeResult:
-    """Identifier <-> identifier edges from CRM records and identify/alias/track calls, with rule and source record."""
+    """Identifier <-> identifier edges from CRM records and identify/alias/track calls, plus Splink's
+    probabilistic edges between customer records; each with rule, score and source record."""
     cfg, session = spark.config(), spark.session()
-    io.overwrite(build_edges(_observations(session, cfg)), cfg, "silver.identity_edges")
-    return table_result(session, cfg, "silver.identity_edges")
+    edges = all_edges(
+        _observations(session, cfg),
+        io.read(session, cfg, "silver.customers"),
+        {t: c.priority for t, c in cfg.identity.identifier_types.items()},
+        cfg.identity.probabilistic,
+    )
+    io.overwrite(edges, cfg, "silver.identity_edges")
+    by_rule = {
+        r["rule"]: r["count"]
+        for r in io.read(session, cfg, "silver.identity_edges").groupBy("rule").count().collect()
+    }
+    return table_result(
+        session,
+        cfg,
+        "silver.identity_edges",
+        probabilistic_edges=by_rule.get("probabilistic:splink", 0),
+        edges_by_rule=by_rule,
+    )
 
 
 @multi_asset(
@@ -98,6 +115,7 @@ def identity_graph_assets(context: AssetExecutionContext, spark: SparkResource):
         previous=previous,
         registry=registry,
         built_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"),
+        max_degree={t: c.max_degree for t, c in types.items() if c.max_degree},
     )
     # Merges, splits and the registry derive from the previous graph and registry: settle them before
     # either table is overwritten.

@@ -53,7 +53,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from pipelines.demo_data import generate
 
     t0 = time.time()
-    counts = generate(args.people, args.seed, args.out, end=args.end)
+    counts = generate(args.people, args.seed, args.out, end=args.end, hard=args.hard)
     summary = {k: v for k, v in counts.__dict__.items() if k != "files"}
     print(json.dumps(summary | {"seconds": round(time.time() - t0, 1), "out": str(args.out)}, indent=2))
     return 0
@@ -151,7 +151,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"resetting demo lakehouse {cfg.lakehouse.root}")
         shutil.rmtree(cfg.lakehouse.root)
     t0 = time.time()
-    counts = generate(args.people, args.seed, cfg.lakehouse.landing)
+    counts = generate(args.people, args.seed, cfg.lakehouse.landing, hard=args.hard)
     print(
         f"generated {counts.people} people: {counts.crm_rows} crm + {counts.shop_rows} shop customers, "
         f"{counts.order_rows} order lines, {counts.event_lines} event lines ({time.time() - t0:.1f}s)"
@@ -258,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=42)
     g.add_argument("--out", type=Path, required=True)
     g.add_argument("--end", default="2026-11-01T00:00:00Z", help="latest event time (ISO-8601)")
+    g.add_argument("--hard", action="store_true", help="add the identity hard cases (nicknames, swapped names, households, junk values, alias chains)")
     g.set_defaults(fn=cmd_generate)
 
     r = sub.add_parser("run", help="materialize a job through Dagster")
@@ -268,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--people", type=int, default=5000)
     d.add_argument("--seed", type=int, default=42)
     d.add_argument("--reset", action="store_true", help="delete the lakehouse folder first")
+    d.add_argument("--hard", action="store_true", help="add the identity hard cases (nicknames, swapped names, households, junk values, alias chains)")
     d.set_defaults(fn=cmd_demo)
 
     s = sub.add_parser("sql", help="run Spark SQL over the registered tables")

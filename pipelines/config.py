@@ -114,12 +114,57 @@ class IdentifierTypeConfig(_Strict):
     normalizer: Literal["trim", "lower", "email", "phone"] = "trim"
     max_per_profile: int = Field(ge=1)
     priority: int = Field(ge=1)
+    max_degree: int | None = Field(None, ge=1)
+
+
+MATCH_FIELDS = ("first_name", "last_name", "date_of_birth", "street", "city", "postal_code", "email", "phone")
+
+
+class ComparisonConfig(_Strict):
+    kind: Literal[
+        "exact",
+        "levenshtein",
+        "jaro_winkler",
+        "name",
+        "forename_surname",
+        "date_of_birth",
+        "email",
+        "postcode",
+    ]
+    columns: list[Literal[MATCH_FIELDS]] = Field(min_length=1, max_length=2)  # type: ignore[valid-type]
+    thresholds: list[float] | None = None
+
+    @model_validator(mode="after")
+    def _arity(self) -> ComparisonConfig:
+        want = 2 if self.kind == "forename_surname" else 1
+        if len(self.columns) != want:
+            raise ValueError(f"{self.kind} compares {want} column(s), got {self.columns}")
+        return self
+
+
+class TrainingConfig(_Strict):
+    deterministic_rules: list[list[Literal[MATCH_FIELDS]]] = Field(min_length=1)  # type: ignore[valid-type]
+    deterministic_recall: float = Field(0.8, gt=0, le=1)
+    u_max_pairs: int = Field(1_000_000, ge=1000)
+    em_blocking_rules: list[list[Literal[MATCH_FIELDS]]] = Field(min_length=1)  # type: ignore[valid-type]
+    max_iterations: int = Field(20, ge=1)
+    em_convergence: float = Field(0.001, gt=0)
+    seed: int = 1
+
+
+class ProbabilisticConfig(_Strict):
+    enabled: bool = True
+    threshold: float = Field(0.99, gt=0, lt=1)
+    comparisons: list[ComparisonConfig] = Field(min_length=1)
+    blocking_rules: list[list[Literal[MATCH_FIELDS]]] = Field(min_length=1)  # type: ignore[valid-type]
+    training: TrainingConfig
 
 
 class IdentityConfig(_Strict):
     max_component_size: int = Field(200, ge=2)
     identifier_types: dict[str, IdentifierTypeConfig]
     blocklist: dict[str, list[str]] = {}
+    probabilistic: ProbabilisticConfig | None = None
 
     @model_validator(mode="after")
     def _blocklisted_types_exist(self) -> IdentityConfig:

@@ -89,6 +89,30 @@ LAST = [
     "Perez",
     "Roberts",
 ]
+# Hard set: the informal or formal form a person also goes by (Splink has no nickname table, so these
+# records must match on the other fields).
+NICKNAMES = {
+    "Bob": "Robert",
+    "Will": "William",
+    "Sam": "Samantha",
+    "James": "Jim",
+    "David": "Dave",
+    "Liam": "William",
+    "Emma": "Em",
+    "Sofia": "Sophie",
+    "Zoe": "Zoey",
+    "Ethan": "Eth",
+    "Lucas": "Luke",
+    "Grace": "Gracie",
+    "Kara": "Karen",
+    "Pablo": "Pablito",
+}
+# Hard set: junk values that real feeds carry. The blocklisted ones must never link anybody; the
+# front-desk phone is not on any blocklist and must be caught by the identifier degree guard.
+JUNK_EMAILS = ["test@test.com", "noreply@example.com", "none"]
+JUNK_PHONES = ["000-000-0000", "0000000000"]
+FRONT_DESK_PHONE = "(646) 200-0000"
+HOUSEHOLD_EVERY = 40  # hard set: persons i, i+1 with i % 40 == 0 share a household
 DOMAINS = ["gmail.com", "yahoo.com", "outlook.com", "example.org", "mail.com", "proton.me"]
 US_AREAS = ["212", "415", "312", "617", "206", "303", "512", "404", "305", "213", "718", "646"]
 CITIES = {
@@ -163,6 +187,59 @@ def _typo(rng: random.Random, name: str) -> str:
     return name[:i] + name[i + 1] + name[i] + name[i + 2 :]
 
 
+def _household(seed: int, h: int) -> dict:
+    """What two persons of household ``h`` share: surname, address, a family email and a tablet."""
+    rng = random.Random(seed * 7_919 + h * 104_729 + 17)
+    last = rng.choice(LAST)
+    country = "US" if rng.random() < 0.8 else "GB"
+    city, postal = rng.choice(CITIES[country])
+    return {
+        "last": last,
+        "country": country,
+        "city": city,
+        "postal": postal,
+        "street": f"{rng.randint(1, 999)} {rng.choice(LAST)} {'Street' if country == 'US' else 'Road'}",
+        "email": f"{last.lower()}.family{h}@{rng.choice(DOMAINS)}",
+        "tablet": str(uuid.UUID(int=rng.getrandbits(128))),
+        "first_names": rng.sample(FIRST, 2),  # two people, two names: same-name namesakes are another case
+    }
+
+
+def _hard_record(
+    rng: random.Random,
+    i: int,
+    first: str,
+    last: str,
+    fn: str,
+    email: str,
+    phone: str,
+    ids: set[str],
+    other_record: bool,
+) -> tuple[str, str, str, str]:
+    """The hard set's changes to one customer record: (email, phone, first name, last name).
+
+    Only a person with another customer record gets a record whose only contact value is an old email:
+    names and addresses then tie the two together. With no other record nothing could.
+    """
+    ln = _typo(rng, last) if rng.random() < 0.04 else last
+    if first in NICKNAMES and rng.random() < 0.3:
+        fn = NICKNAMES[first]
+    if rng.random() < 0.03:
+        fn, ln = ln, fn
+    r = rng.random()
+    if r < 0.06 and other_record:
+        # An old address: the record's only contact value, seen nowhere else.
+        email, phone = f"{first.lower()}{last.lower()}.{i % 97}@oldmail.example.net", ""
+        ids.add(f"email:{email}")
+    elif r < 0.09:
+        email = rng.choice(JUNK_EMAILS)
+    elif r < 0.11:
+        phone = rng.choice(JUNK_PHONES)
+    elif r < 0.14:
+        phone = FRONT_DESK_PHONE  # the clerk typed the store's number
+    return email, phone, fn, ln
+
+
 def _dirty_email(rng: random.Random, email: str) -> str:
     r = rng.random()
     if r < 0.2:
@@ -234,9 +311,12 @@ def _person_events(rng: random.Random, pid: int, person: dict, end: datetime) ->
     # A second or third device is only linkable through a login (identify), as in real life, so people who
     # never identify browse on one device: the ground truth then holds only what a CDP could know.
     devices = 1 if not identifies or rng.random() < 0.8 else (2 if rng.random() < 0.85 else 3)
-    for d in range(devices):
-        anon = str(uuid.UUID(int=rng.getrandbits(128)))
-        person["anonymous_ids"].append(anon)
+    household = person.get("household")
+    for d in range(devices + (1 if household else 0)):
+        shared = household is not None and d == devices  # the family tablet: both members log in on it
+        anon = household["tablet"] if shared else str(uuid.UUID(int=rng.getrandbits(128)))
+        if not shared:
+            person["anonymous_ids"].append(anon)
         skew = timedelta(seconds=rng.choice([0, 0, 0, rng.randint(-3600, 3600)]))  # wrong device clocks
         agent, ip = rng.choice(AGENTS), f"203.0.{rng.randint(0, 255)}.{rng.randint(1, 254)}"
         t = end - timedelta(
@@ -252,7 +332,7 @@ def _person_events(rng: random.Random, pid: int, person: dict, end: datetime) ->
                 calls: list[tuple[str, dict]] = []
                 if s == identify_at and e == 0 and not identified:
                     traits = {
-                        "email": person["email"],
+                        "email": household["email"] if shared else person["email"],
                         "firstName": person["first"],
                         "lastName": person["last"],
                     }
@@ -263,6 +343,12 @@ def _person_events(rng: random.Random, pid: int, person: dict, end: datetime) ->
                     if person["user_id"]:
                         if d == 0 and rng.random() < 0.3:
                             calls.append(("alias", {"previousId": anon, "userId": person["user_id"]}))
+                        elif d == 1 and not shared and person["hard"] and rng.random() < 0.5:
+                            # A chain: cross-domain tracking aliases this device's id to the first
+                            # device's, which is in turn aliased to the user id.
+                            first_anon = person["anonymous_ids"][0]
+                            calls.append(("alias", {"previousId": anon, "userId": first_anon}))
+                            calls.append(("alias", {"previousId": first_anon, "userId": person["user_id"]}))
                         calls.append(("identify", {"userId": person["user_id"], "traits": traits}))
                     else:
                         calls.append(("identify", {"traits": {"email": person["email"]}}))
@@ -308,6 +394,8 @@ def _person_events(rng: random.Random, pid: int, person: dict, end: datetime) ->
                     }
                     if identified and person["user_id"] and kind != "alias":
                         msg["userId"] = person["user_id"]
+                    elif person["hard"] and kind in ("page", "track") and rng.random() < 0.02:
+                        msg["userId"] = rng.choice(["undefined", "null"])  # a buggy SDK wrapper
                     msg.update(body)
                     if kind == "alias":
                         msg.pop("anonymousId")
@@ -315,9 +403,22 @@ def _person_events(rng: random.Random, pid: int, person: dict, end: datetime) ->
 
 
 def generate(
-    people: int, seed: int, out: str | Path, end: str = "2026-11-01T00:00:00Z", events_per_file: int = 50_000
+    people: int,
+    seed: int,
+    out: str | Path,
+    end: str = "2026-11-01T00:00:00Z",
+    events_per_file: int = 50_000,
+    hard: bool = False,
 ) -> Counts:
-    """Write the demo data set for ``people`` persons under ``out`` and return what was written."""
+    """Write the demo data set for ``people`` persons under ``out`` and return what was written.
+
+    ``hard`` adds the cases identity resolution is judged by: nicknames, swapped first/last names, surname
+    typos, records whose only contact value is an old email seen nowhere else (probabilistic matching
+    must link them), two-person households sharing a family email and a tablet (different user ids:
+    must not merge), blocklisted junk values, a front-desk phone typed into many records, chains of
+    aliases and SDK junk user ids. Values two people share are left out of ``ground_truth.csv`` (they
+    belong to neither alone) and listed in ``ground_truth_shared.csv``.
+    """
     out = Path(out)
     for sub in ("customers/crm", "customers/shop", "orders", "events"):
         (out / sub).mkdir(parents=True, exist_ok=True)
@@ -329,13 +430,19 @@ def generate(
         "orders": out / "orders/orders.csv",
         "truth": out / "ground_truth.csv",
     }
+    if hard:
+        paths["shared"] = out / "ground_truth_shared.csv"
     events = _EventWriter(out / "events", events_per_file)
     with (
         open(paths["crm"], "w", newline="") as f_crm,
         open(paths["shop"], "w", newline="") as f_shop,
         open(paths["orders"], "w", newline="") as f_orders,
         open(paths["truth"], "w", newline="") as f_truth,
+        open(paths.get("shared", os.devnull), "w", newline="") as f_shared,
     ):
+        shared_truth = csv.writer(f_shared)
+        if hard:
+            shared_truth.writerow(["identifier", "person_ids", "kind"])
         crm, shop, orders, truth = (csv.writer(f) for f in (f_crm, f_shop, f_orders, f_truth))
         crm.writerow(CRM_HEADER)
         shop.writerow(SHOP_HEADER)
@@ -350,12 +457,26 @@ def generate(
             e164, local = _phone(i, country)
             city, postal = rng.choice(CITIES[country])
             street = f"{rng.randint(1, 999)} {rng.choice(LAST)} {'Street' if country == 'US' else 'Road'}"
+            h = i // HOUSEHOLD_EVERY if i % HOUSEHOLD_EVERY < 2 and (i ^ 1) < people else None
+            household = _household(seed, h) if hard and h is not None else None
+            if household:
+                last, country, city, postal, street = (
+                    household[k] for k in ("last", "country", "city", "postal", "street")
+                )
+                first = household["first_names"][i % 2]
+                email = f"{first.lower()}.{last.lower()}{i}@{rng.choice(DOMAINS)}"
+                e164, local = _phone(i, country)
+                if i % HOUSEHOLD_EVERY == 0:
+                    for value in (f"email:{household['email']}", f"anonymous_id:{household['tablet']}"):
+                        shared_truth.writerow([value, f"P{i:08d}|P{i + 1:08d}", "household"])
             dob = (datetime(1950, 1, 1) + timedelta(days=rng.randint(0, 20000))).strftime("%Y-%m-%d")
             person: dict = {
                 "first": first,
                 "last": last,
                 "email": email,
-                "user_id": f"u{seed}-{i:08d}" if rng.random() < 0.6 else None,
+                "user_id": f"u{seed}-{i:08d}" if rng.random() < 0.6 or household else None,
+                "hard": hard,
+                "household": household,
                 "newsletter": rng.random() < 0.5,
                 "anonymous_ids": [],
                 "e164": e164,
@@ -381,19 +502,32 @@ def generate(
                         rec_email = rec_phone = ""
                     fn = _typo(rng, first) if rng.random() < 0.08 else first
                     fn = fn.upper() if rng.random() < 0.1 else fn
+                    ln = last
+                    if hard:
+                        rec_email, rec_phone, fn, ln = _hard_record(
+                            rng,
+                            i,
+                            first,
+                            last,
+                            fn,
+                            rec_email,
+                            rec_phone,
+                            ids,
+                            (has_crm and has_shop) or copies > 1,
+                        )
                     upd = created + timedelta(days=rng.uniform(0, 190))
                     spelling = rng.choice(COUNTRY_SPELLINGS[country])
                     ids.add(f"{system}_id:{rid}")
-                    if rec_email:
+                    if rec_email and rec_email.strip().lower() == email:
                         ids.add(f"email:{email}")
-                    if rec_phone:
+                    if rec_phone and not rec_phone.startswith(("000", "(646) 200")):
                         ids.add(f"phone:{e164}")
                     if system == "crm":
                         crm.writerow(
                             [
                                 rid,
                                 fn,
-                                last,
+                                ln,
                                 rec_email,
                                 rec_phone,
                                 street,
@@ -415,7 +549,7 @@ def generate(
                                 rid,
                                 web_uid,
                                 f" {fn} ",
-                                last,
+                                ln,
                                 rec_email,
                                 rec_phone,
                                 street,
@@ -453,14 +587,17 @@ def generate(
                 line = json.dumps(msg, separators=(",", ":"))
                 events.write(line)
                 counts.event_lines += 1
-                if msg.get("userId"):
-                    ids.add(f"user_id:{msg['userId']}")
-                if msg.get("anonymousId"):
+                uid = msg.get("userId")
+                if uid and uid == person["user_id"]:
+                    ids.add(f"user_id:{uid}")
+                elif uid and msg["type"] == "alias":  # a chain link: the first device's anonymous id
+                    ids.add(f"anonymous_id:{uid}")
+                if msg.get("anonymousId") and not (household and msg["anonymousId"] == household["tablet"]):
                     ids.add(f"anonymous_id:{msg['anonymousId']}")
                 if msg.get("previousId"):
                     ids.add(f"anonymous_id:{msg['previousId']}")
                 traits = msg.get("traits") or {}
-                if traits.get("email"):
+                if traits.get("email") and not (household and traits["email"] == household["email"]):
                     ids.add(f"email:{traits['email']}")
                 if traits.get("phone"):
                     ids.add(f"phone:{person['e164']}")

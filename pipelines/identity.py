@@ -15,7 +15,8 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from pipelines.identity_guards import enforce_limits
+from pipelines.config import ProbabilisticConfig
+from pipelines.identity_guards import cut_hubs, enforce_limits
 from pipelines.normalize import E164_PATTERN, blank_to_null, blocked, normalize_email
 from pipelines.profile_ids import assign_profile_ids
 
@@ -29,14 +30,28 @@ EDGE_COLUMNS = [
     "first_seen",
     "last_seen",
     "evidence_count",
+    "score",
 ]
+DETERMINISTIC_SCORE = (
+    1.0  # an edge from identifiers seen together is certain; probabilistic edges carry Splink's
+)
 
 
 def _observe(
-    df: DataFrame, pairs: list[tuple[str, str]], rule: F.Column, table: str, record: F.Column, seen: F.Column
+    df: DataFrame,
+    pairs: list[tuple[str | F.Column, str]],
+    rule: F.Column,
+    table: str,
+    record: F.Column,
+    seen: F.Column,
 ) -> DataFrame:
     """One row per (record, identifier) for the listed (id_type, column) pairs; nulls dropped."""
-    structs = [F.struct(F.lit(t).alias("id_type"), F.col(c).cast("string").alias("value")) for t, c in pairs]
+    structs = [
+        F.struct(
+            (F.lit(t) if isinstance(t, str) else t).alias("id_type"), F.col(c).cast("string").alias("value")
+        )
+        for t, c in pairs
+    ]
     return (
         df.select(
             rule.alias("rule"),
@@ -88,11 +103,11 @@ def identifier_observations(
         )
     )
     ev = _observe(
-        events,
+        _alias_types(events),
         [
-            ("user_id", "user_id"),
+            (F.col("_user_id_type"), "user_id"),
             ("anonymous_id", "anonymous_id"),
-            ("anonymous_id", "previous_id"),
+            (F.col("_previous_id_type"), "previous_id"),
             ("email", "trait_email"),
             ("phone", "trait_phone"),
         ],
@@ -113,6 +128,47 @@ def identifier_observations(
     return obs.filter(~is_blocked).select(*OBSERVATION_COLUMNS)
 
 
+def _alias_types(events: DataFrame) -> DataFrame:
+    """Events with the identifier type of their ``userId`` and ``previousId``.
+
+    Segment's alias links a previous id to a new one, and either may be an anonymous id: cross-domain
+    tracking aliases one visitor id to another, which is aliased to the user id later (a chain). So in an
+    alias call, ``userId`` is an anonymous id when some event was sent with it as its anonymousId, and
+    ``previousId`` is a user id when some non-alias event was sent with it as its userId; otherwise they
+    are what their field says. Outside alias calls userId is always a user id.
+    """
+    is_alias = F.col("type") == "alias"
+    aliases = events.filter(is_alias)
+    anon_values = (
+        events.select(F.col("anonymous_id").alias("_v"))
+        .join(aliases.select(F.col("user_id").alias("_v")), "_v", "left_semi")
+        .distinct()
+        .select("_v", F.lit(True).alias("_seen_as_anon"))
+    )
+    user_values = (
+        events.filter(~is_alias)
+        .select(F.col("user_id").alias("_v"))
+        .join(aliases.select(F.col("previous_id").alias("_v")), "_v", "left_semi")
+        .distinct()
+        .select("_v", F.lit(True).alias("_seen_as_user"))
+    )
+    typed_aliases = (
+        aliases.join(anon_values, aliases["user_id"] == anon_values["_v"], "left")
+        .drop("_v")
+        .join(user_values, aliases["previous_id"] == user_values["_v"], "left")
+        .drop("_v")
+        .withColumn("_user_id_type", F.when(F.col("_seen_as_anon"), "anonymous_id").otherwise("user_id"))
+        .withColumn("_previous_id_type", F.when(F.col("_seen_as_user"), "user_id").otherwise("anonymous_id"))
+        .drop("_seen_as_anon", "_seen_as_user")
+    )
+    others = (
+        events.filter(~is_alias)
+        .withColumn("_user_id_type", F.lit("user_id"))
+        .withColumn("_previous_id_type", F.lit("anonymous_id"))
+    )
+    return others.unionByName(typed_aliases)
+
+
 def _normalized(value: F.Column, how: str) -> F.Column:
     """Per-type normaliser from conf. Emails and phones were normalised in silver with their context (a
     phone with its record's country); here ``email`` re-applies the email rule and ``phone`` keeps only
@@ -126,13 +182,21 @@ def _normalized(value: F.Column, how: str) -> F.Column:
     return blank_to_null(value)
 
 
-def build_edges(observations: DataFrame) -> DataFrame:
-    """Link the identifiers of each source record (a star on the record's smallest identifier).
+def build_edges(observations: DataFrame, priorities: dict[str, int] | None = None) -> DataFrame:
+    """Link the identifiers of each source record: a star on the record's strongest identifier.
 
-    Identical edges from many records are collapsed; the edge keeps its rule, the first source record
-    that produced it (the explanation), when it was first and last seen and how many records agree.
+    The centre is the identifier whose type has the best (lowest) priority, then the smallest. So when a
+    guard cuts a weak shared link (a family tablet's anonymous id), the record's other identifiers stay
+    with its user id instead of following the tablet. Identical edges from many records are collapsed;
+    the edge keeps its rule, the first source record that produced it (the explanation), when it was first
+    and last seen and how many records agree.
     """
-    anchors = observations.groupBy("source_table", "source_record").agg(F.min("identifier").alias("anchor"))
+    rank = F.lit(2**31 - 1)
+    for id_type, priority in (priorities or {}).items():
+        rank = F.when(F.col("id_type") == id_type, F.lit(priority)).otherwise(rank)
+    anchors = observations.groupBy("source_table", "source_record").agg(
+        F.min_by("identifier", F.struct(rank, F.col("identifier"))).alias("anchor")
+    )
     linked = (
         observations.join(anchors, ["source_table", "source_record"])
         .filter(F.col("identifier") != F.col("anchor"))
@@ -163,8 +227,24 @@ def build_edges(observations: DataFrame) -> DataFrame:
             "first_seen",
             "last_seen",
             "evidence_count",
+            F.lit(DETERMINISTIC_SCORE).alias("score"),
         )
     )
+
+
+def all_edges(
+    observations: DataFrame,
+    customers: DataFrame,
+    priorities: dict[str, int],
+    probabilistic: ProbabilisticConfig | None,
+) -> DataFrame:
+    """Deterministic edges plus, when enabled in conf, Splink's probabilistic edges between customer records."""
+    edges = build_edges(observations, priorities)
+    if probabilistic is None or not probabilistic.enabled:
+        return edges
+    from pipelines.matching import probabilistic_edges
+
+    return edges.unionByName(probabilistic_edges(customers, probabilistic))
 
 
 def _large_star(edges: DataFrame) -> DataFrame:
@@ -243,14 +323,18 @@ def identity_graph(
     previous: DataFrame | None = None,
     registry: DataFrame | None = None,
     built_at: str = "1970-01-01 00:00:00",
+    max_degree: dict[str, int] | None = None,
 ) -> IdentityResult:
     """Components within the per-type ``limits`` (edges cut by priority, see identity_guards) and the size
     bound, with profile ids that survive rebuilds (see profile_ids); oversized components are reported
     with their most-connected identifiers, which are usually the junk value."""
     spark = observations.sparkSession
     vertices = observations.select(F.col("identifier").alias("id"), "id_type").dropDuplicates(["id"])
+    edges, hub_cuts, hubs = cut_hubs(vertices, edges, max_degree or {})
+    vertices = vertices.join(hubs, "id", "left_anti")
     cc = connected_components(vertices.select("id"), edges)
     cc, cut = enforce_limits(cc, vertices, edges, limits or {}, priorities or {})
+    cut = hub_cuts.unionByName(cut)
     sized = cc.withColumn(
         "component_size", F.count(F.lit(1)).over(Window.partitionBy("component"))
     ).localCheckpoint()

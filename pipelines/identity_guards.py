@@ -17,6 +17,10 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 CUT_EDGE_COLUMNS = ["src", "dst", "rule", "source_table", "source_record", "first_seen", "reason"]
+CUT_EDGE_SCHEMA = (
+    "src string, dst string, rule string, source_table string, source_record string, first_seen timestamp, "
+    "reason string"
+)
 _OUT_SCHEMA = (
     "kind string, id string, component string, src string, dst string, rule string, source_table string, "
     "source_record string, first_seen timestamp, reason string"
@@ -43,7 +47,12 @@ def _solve(
             min(priorities.get(id_type[s], default), priorities.get(id_type[d], default))
             for s, d in zip(edges["src"], edges["dst"], strict=True)
         ]
-    ).sort_values(["_strength", "first_seen", "src", "dst"], na_position="last", kind="mergesort")
+    ).assign(_uncertainty=1.0 - edges["score"].fillna(1.0))
+    # certain edges first (strongest identifier type, then earliest seen); probabilistic ones after them,
+    # most likely first, so a limit cuts a guess before it cuts evidence
+    edges = edges.sort_values(
+        ["_uncertainty", "_strength", "first_seen", "src", "dst"], na_position="last", kind="mergesort"
+    )
     cut_rows = []
     for e in edges.itertuples(index=False):
         a, b = find(e.src), find(e.dst)
@@ -83,6 +92,53 @@ def _solve(
     return pd.DataFrame(out, columns=[c.split()[0] for c in _OUT_SCHEMA.split(", ")])
 
 
+def cut_hubs(
+    vertices: DataFrame, edges: DataFrame, max_degree: dict[str, int]
+) -> tuple[DataFrame, DataFrame]:
+    """``(edges, cut_edges)``: every edge of an identifier linked to more distinct identifiers than its type's
+    ``max_degree`` is cut.
+
+    Blocklists catch the junk values someone thought of; a value typed into hundreds of records (a store's
+    phone number, a shared inbox) is found by its degree: a person's email or phone is linked to a handful
+    of records and devices, junk to a crowd. Cut edges are reported with the hub and its degree; ``hubs``
+    (id, degree, bound) are not published as profiles.
+    """
+    spark = edges.sparkSession
+    if not max_degree:
+        return (
+            edges,
+            spark.createDataFrame([], CUT_EDGE_SCHEMA),
+            spark.createDataFrame([], "id string, degree long, bound int"),
+        )
+    ends = edges.select(F.col("src").alias("id"), F.col("dst").alias("other")).unionByName(
+        edges.select(F.col("dst").alias("id"), F.col("src").alias("other"))
+    )
+    bound = F.element_at(
+        F.create_map(*[x for t, n in max_degree.items() for x in (F.lit(t), F.lit(n))]), F.col("id_type")
+    )
+    hubs = (
+        ends.groupBy("id")
+        .agg(F.countDistinct("other").alias("degree"))
+        .join(vertices.select("id", "id_type"), "id")
+        .filter(F.col("degree") > bound)
+        .select("id", "degree", bound.alias("bound"))
+        .localCheckpoint()
+    )
+    # an edge is cut for its first hub end (src, else dst)
+    by_src = edges.join(hubs.withColumnRenamed("id", "src"), "src")
+    by_dst = edges.join(hubs.withColumnRenamed("id", "dst"), "dst").join(
+        by_src.select("src", "dst", "rule"), ["src", "dst", "rule"], "left_anti"
+    )
+    reason = lambda hub: F.format_string(  # noqa: E731
+        "degree: %s links %d identifiers (max_degree %d)", hub, F.col("degree"), F.col("bound")
+    )
+    cut = by_src.withColumn("reason", reason(F.col("src"))).unionByName(
+        by_dst.withColumn("reason", reason(F.col("dst")))
+    )
+    kept = edges.join(cut.select("src", "dst", "rule"), ["src", "dst", "rule"], "left_anti")
+    return kept, cut.select(*CUT_EDGE_COLUMNS), hubs
+
+
 def enforce_limits(
     components: DataFrame,
     vertices: DataFrame,
@@ -115,7 +171,7 @@ def enforce_limits(
     # same attribute of one lineage is ambiguous to the analyzer
     bad_edges = edges.join(
         bad_vertices.select(F.col("id").alias("src"), F.col("component").alias("edge_component")), "src"
-    ).select("edge_component", "src", "dst", "rule", "source_table", "source_record", "first_seen")
+    ).select("edge_component", "src", "dst", "rule", "source_table", "source_record", "first_seen", "score")
 
     solved = (
         bad_vertices.select("component", "id", "id_type")

@@ -1,4 +1,4 @@
-"""The one way Converge starts Spark: Delta + GraphFrames, sized from conf, tables registered."""
+"""The one way Converge starts Spark: Delta + Splink's similarity UDFs, sized from conf, tables registered."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import sys
 
 from delta.pip_utils import configure_spark_with_delta_pip
 from pyspark.sql import SparkSession
+from splink.backends.spark import similarity_jar_location
 
 from pipelines.config import Config
 from pipelines.io import register_tables
@@ -15,7 +16,7 @@ from pipelines.io import register_tables
 def get_spark(cfg: Config) -> SparkSession:
     """Return the process's SparkSession, creating it from ``cfg`` on first use.
 
-    Maven packages (the Delta jar, GraphFrames) resolve into ``spark.ivy_dir`` inside the project
+    Maven packages (the Delta jar) resolve into ``spark.ivy_dir`` inside the project
     on first start; later starts read that cache and need no network. Every Delta table that exists
     under the lakehouse root is registered in the catalog, so ``SELECT * FROM gold.profiles`` works.
     """
@@ -34,6 +35,8 @@ def get_spark(cfg: Config) -> SparkSession:
             .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
             .config("spark.sql.warehouse.dir", str(cfg.lakehouse.root / "_warehouse"))
             .config("spark.driver.extraJavaOptions", f"-Dderby.system.home={cfg.lakehouse.root / '_derby'}")
+            # jaro_winkler & co. for probabilistic matching: the jar ships inside the splink wheel
+            .config("spark.jars", similarity_jar_location())
         )
         for key, value in cfg.spark.conf.items():
             builder = builder.config(key, value)

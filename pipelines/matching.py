@@ -1,0 +1,136 @@
+"""Probabilistic record matching with Splink on the Spark backend: edges for records that share no identifier.
+
+Deterministic edges link records that share an email, phone or id. A CRM record whose only contact value
+is an old email, or that has none, stays alone unless its name, date of birth and address say who it is.
+Splink (Fellegi-Sunter) scores candidate pairs from the blocking rules in conf/identity.yaml: it estimates
+the prior from deterministic rules, u-probabilities from random pairs and m-probabilities by EM, then
+predicts. Pairs at or above the configured match probability become edges between the two record ids,
+rule ``probabilistic:splink``, with the match probability as the edge's score and both records as source.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+
+from pipelines.config import ComparisonConfig, ProbabilisticConfig
+
+RULE = "probabilistic:splink"
+RECORD_COLUMNS = [
+    "unique_id",
+    "first_name",
+    "last_name",
+    "date_of_birth",
+    "street",
+    "city",
+    "postal_code",
+    "email",
+    "phone",
+    "seen_at",
+]
+
+
+def match_records(customers: DataFrame) -> DataFrame:
+    """silver.customers -> the fields Splink compares, one row per record, keyed by its record identifier.
+
+    Names and addresses are lower-cased (the silver values keep their case for display); the date of
+    birth becomes an ISO string, which is what Splink's date comparison reads.
+    """
+    lower = {c: F.lower(F.col(c)) for c in ("first_name", "last_name", "street", "city")}
+    return customers.select(
+        F.concat(F.col("source_system"), F.lit("_id:"), F.col("source_id")).alias("unique_id"),
+        *[v.alias(k) for k, v in lower.items()],
+        F.date_format("date_of_birth", "yyyy-MM-dd").alias("date_of_birth"),
+        F.upper(F.regexp_replace("postal_code", r"\s+", "")).alias("postal_code"),
+        "email",
+        "phone",
+        F.coalesce("updated_at", "created_at", "_loaded_at").alias("seen_at"),
+    ).select(*RECORD_COLUMNS)
+
+
+def _comparison(c: ComparisonConfig) -> Any:
+    import splink.comparison_library as cl
+
+    col = c.columns[0]
+    if c.kind == "forename_surname":
+        return cl.ForenameSurnameComparison(c.columns[0], c.columns[1])
+    if c.kind == "date_of_birth":
+        return cl.DateOfBirthComparison(col, input_is_string=True)
+    if c.kind == "email":
+        return cl.EmailComparison(col)
+    if c.kind == "name":
+        return cl.NameComparison(col)
+    if c.kind == "postcode":
+        return cl.PostcodeComparison(col)
+    if c.kind == "levenshtein":
+        return cl.LevenshteinAtThresholds(col, c.thresholds or [1, 2])
+    if c.kind == "jaro_winkler":
+        return cl.JaroWinklerAtThresholds(col, c.thresholds or [0.9, 0.7])
+    return cl.ExactMatch(col)
+
+
+def splink_settings(conf: ProbabilisticConfig) -> Any:
+    from splink import SettingsCreator, block_on
+
+    return SettingsCreator(
+        link_type="dedupe_only",
+        unique_id_column_name="unique_id",
+        comparisons=[_comparison(c) for c in conf.comparisons],
+        blocking_rules_to_generate_predictions=[block_on(*cols) for cols in conf.blocking_rules],
+        max_iterations=conf.training.max_iterations,
+        em_convergence=conf.training.em_convergence,
+        retain_matching_columns=True,
+        additional_columns_to_retain=["seen_at", "email", "phone"],
+    )
+
+
+def train_and_predict(linker: Any, conf: ProbabilisticConfig) -> Any:
+    """Train the model (prior, u by random sampling, m by EM) and return Splink's scored pairs."""
+    from splink import block_on
+
+    t = conf.training
+    linker.training.estimate_probability_two_random_records_match(
+        [block_on(*cols) for cols in t.deterministic_rules], recall=t.deterministic_recall
+    )
+    linker.training.estimate_u_using_random_sampling(max_pairs=t.u_max_pairs, seed=t.seed)
+    for cols in t.em_blocking_rules:
+        linker.training.estimate_parameters_using_expectation_maximisation(block_on(*cols))
+    return linker.inference.predict(threshold_match_probability=conf.threshold)
+
+
+def probabilistic_edges(customers: DataFrame, conf: ProbabilisticConfig) -> DataFrame:
+    """Edges (silver.identity_edges columns plus ``score``) between records Splink scores as one person.
+
+    Pairs that share an email or a phone are already linked by deterministic edges and are left out.
+    """
+    from splink import Linker
+    from splink.backends.spark import SparkAPI
+
+    spark = customers.sparkSession
+    records = match_records(customers).localCheckpoint()
+    # Splink logs every training step at INFO; keep its progress out of the job's output.
+    logging.getLogger("splink").setLevel(logging.WARNING)
+    db_api = SparkAPI(spark_session=spark, break_lineage_method="persist")
+    linker = Linker(db_api.register(records), splink_settings(conf), log_level=None)
+    pairs = train_and_predict(linker, conf).as_spark_dataframe()
+    same_contact = (F.col("email_l") == F.col("email_r")) | (F.col("phone_l") == F.col("phone_r"))
+    return (
+        pairs.filter(~F.coalesce(same_contact, F.lit(False)))
+        .select(
+            F.least("unique_id_l", "unique_id_r").alias("src"),
+            F.greatest("unique_id_l", "unique_id_r").alias("dst"),
+            F.lit(RULE).alias("rule"),
+            F.lit("silver.customers").alias("source_table"),
+            F.concat_ws(
+                "|", F.least("unique_id_l", "unique_id_r"), F.greatest("unique_id_l", "unique_id_r")
+            ).alias("source_record"),
+            F.least("seen_at_l", "seen_at_r").alias("first_seen"),
+            F.greatest("seen_at_l", "seen_at_r").alias("last_seen"),
+            F.lit(1).cast("long").alias("evidence_count"),
+            F.round("match_probability", 6).alias("score"),
+        )
+        .localCheckpoint()
+    )
