@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
-.PHONY: install demo test ui check lint format bench lock clean
+.PHONY: install demo test ui check lint format bench bench-identity lock clean
 
 $(BIN)/.installed: requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,8 +35,12 @@ format: install
 	$(BIN)/ruff format pipelines assets jobs tests benchmarks
 	$(BIN)/ruff check --fix pipelines assets jobs tests benchmarks
 
-bench: install  ## demo pipeline wall time and peak memory at 10k and 100k people -> docs/benchmarks.md
+bench: install  ## pipeline and identity benchmarks -> docs/benchmarks.md
 	$(BIN)/python -m benchmarks.pipeline $${BENCH_PEOPLE:-10000 100000}
+	$(BIN)/python -m benchmarks.identity $${BENCH_IDENTITY_PEOPLE:-100000 1000000}
+
+bench-identity: install  ## identity resolution: full rebuild, incremental, Splink DuckDB reference at 100k and 1M people
+	$(BIN)/python -m benchmarks.identity $${BENCH_IDENTITY_PEOPLE:-100000 1000000}
 
 lock:  ## re-resolve requirements.lock from pyproject.toml (needs uv: pip install uv)
 	uv pip compile pyproject.toml --extra dev --python-version 3.11 --generate-hashes -o requirements.lock

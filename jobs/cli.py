@@ -5,7 +5,8 @@ converge run [--job converge_all]                 materialize through Dagster (r
 converge demo [--people N] [--reset]              generate + run + print the summary
 converge sql "SELECT ..." [--format table|csv|json]
 converge score [--truth FILE]                     identity graph vs ground truth
-    converge explain email:ann@example.com            the profile and the edges that tie its identifiers
+converge explain email:ann@example.com            the profile and the edges that tie its identifiers
+converge resolve --input T --config Y --output D  resolve any table of person records -> record id, profile id
 converge tables                                   the tables and their row counts
 """
 
@@ -258,7 +259,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=42)
     g.add_argument("--out", type=Path, required=True)
     g.add_argument("--end", default="2026-11-01T00:00:00Z", help="latest event time (ISO-8601)")
-    g.add_argument("--hard", action="store_true", help="add the identity hard cases (nicknames, swapped names, households, junk values, alias chains)")
+    g.add_argument(
+        "--hard",
+        action="store_true",
+        help="add the identity hard cases (nicknames, swapped names, households, junk values, alias chains)",
+    )
     g.set_defaults(fn=cmd_generate)
 
     r = sub.add_parser("run", help="materialize a job through Dagster")
@@ -269,7 +274,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--people", type=int, default=5000)
     d.add_argument("--seed", type=int, default=42)
     d.add_argument("--reset", action="store_true", help="delete the lakehouse folder first")
-    d.add_argument("--hard", action="store_true", help="add the identity hard cases (nicknames, swapped names, households, junk values, alias chains)")
+    d.add_argument(
+        "--hard",
+        action="store_true",
+        help="add the identity hard cases (nicknames, swapped names, households, junk values, alias chains)",
+    )
     d.set_defaults(fn=cmd_demo)
 
     s = sub.add_parser("sql", help="run Spark SQL over the registered tables")
@@ -289,10 +298,79 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--format", choices=["text", "json"], default="text")
     x.set_defaults(fn=cmd_explain)
 
+    rs = sub.add_parser(
+        "resolve", help="resolve a CSV/Parquet/Delta table of person records with the pipeline's resolver"
+    )
+    rs.add_argument("--input", required=True, help="CSV, Parquet or Delta path, or a registered table name")
+    rs.add_argument(
+        "--config", required=True, type=Path, help="YAML: system, columns mapping, identity overrides"
+    )
+    rs.add_argument(
+        "--output", required=True, type=Path, help="folder for record_profiles.csv, edges, summary"
+    )
+    rs.add_argument(
+        "--labels", type=Path, help="optional CSV record_id,label: print pairwise precision/recall"
+    )
+    rs.set_defaults(fn=cmd_resolve)
+
     t = sub.add_parser("tables", help="list tables with row counts")
     t.add_argument("--format", choices=["table", "csv", "json"], default="table")
     t.set_defaults(fn=cmd_tables)
     return p
+
+
+def cmd_resolve(args: argparse.Namespace) -> int:
+    from pyspark.sql import functions as F
+
+    from pipelines.evaluate import pairwise_scores
+    from pipelines.resolve import (
+        customers_from_records,
+        load_resolve_config,
+        no_events,
+        read_records,
+        record_profiles,
+        resolve,
+    )
+
+    spark, cfg = _spark()
+    rc, mapping, identity = load_resolve_config(args.config, cfg)
+    t0 = time.time()
+    try:
+        records = read_records(spark, args.input)
+        customers = customers_from_records(records, rc.system, mapping, cfg).localCheckpoint()
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    result, _, edges = resolve(customers, no_events(spark), identity)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    mapped = record_profiles(customers, result.graph, rc.system).localCheckpoint()
+    mapped.orderBy("record_id").toPandas().to_csv(out / "record_profiles.csv", index=False)
+    edges.write.mode("overwrite").parquet(str(out / "edges.parquet"))
+    result.cut_edges.toPandas().to_csv(out / "cut_edges.csv", index=False)
+    summary = {
+        "input": str(args.input),
+        "records_in": records.count(),
+        "records_resolved": customers.count(),
+        "profiles": mapped.select("profile_id").distinct().count(),
+        "edges_by_rule": {r["rule"]: r["count"] for r in edges.groupBy("rule").count().collect()},
+        "cut_edges": result.cut_edges.count(),
+        "oversized_components": result.oversized.count(),
+        "seconds": round(time.time() - t0, 1),
+        "output": str(out),
+    }
+    if args.labels:
+        labels = spark.read.option("header", "true").csv(str(args.labels))
+        if not {"record_id", "label"} <= set(labels.columns):
+            print(f"error: {args.labels} must have the columns record_id,label", file=sys.stderr)
+            return 2
+        summary["scores"] = pairwise_scores(
+            mapped.select(F.col("record_id").alias("identifier"), "profile_id"),
+            labels.select(F.col("record_id").alias("identifier"), F.col("label").alias("person_id")),
+        )
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

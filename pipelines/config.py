@@ -146,13 +146,20 @@ class TrainingConfig(_Strict):
     deterministic_rules: list[list[Literal[MATCH_FIELDS]]] = Field(min_length=1)  # type: ignore[valid-type]
     deterministic_recall: float = Field(0.8, gt=0, le=1)
     u_max_pairs: int = Field(1_000_000, ge=1000)
-    em_blocking_rules: list[list[Literal[MATCH_FIELDS]]] = Field(min_length=1)  # type: ignore[valid-type]
+    m_label_column: Literal["email", "phone"] | None = "email"
+    em_blocking_rules: list[list[Literal[MATCH_FIELDS]]] = []  # type: ignore[valid-type]
     max_iterations: int = Field(20, ge=1)
     em_convergence: float = Field(0.001, gt=0)
     seed: int = 1
 
 
 class ProbabilisticConfig(_Strict):
+    @model_validator(mode="after")
+    def _m_is_trained(self) -> ProbabilisticConfig:
+        if self.training.m_label_column is None and not self.training.em_blocking_rules:
+            raise ValueError("training needs m_label_column or em_blocking_rules to estimate m-probabilities")
+        return self
+
     enabled: bool = True
     threshold: float = Field(0.99, gt=0, lt=1)
     comparisons: list[ComparisonConfig] = Field(min_length=1)

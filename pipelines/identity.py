@@ -77,12 +77,15 @@ def identifier_observations(
     events: DataFrame,
     blocklist: dict[str, list[str]],
     normalizers: dict[str, str] | None = None,
+    known_events: DataFrame | None = None,
 ) -> DataFrame:
     """Every identifier in every source record, minus blocklisted values.
 
     Customers contribute their record id (``<system>_id``), email, phone and linked web user_id. Events
     contribute userId, anonymousId and identify traits' email and phone; an alias call's previousId is the
-    anonymousId the visitor had before (analytics.js sends it that way).
+    anonymousId the visitor had before (analytics.js sends it that way), unless it was used as a userId.
+    ``known_events`` (default: ``events``) are the events that tell which ids were used as which (see
+    ``_alias_types``): an incremental run observes its new events in the light of all earlier ones.
     """
     cust = _observe(
         customers,
@@ -103,7 +106,7 @@ def identifier_observations(
         )
     )
     ev = _observe(
-        _alias_types(events),
+        _alias_types(events, events if known_events is None else known_events),
         [
             (F.col("_user_id_type"), "user_id"),
             ("anonymous_id", "anonymous_id"),
@@ -128,7 +131,7 @@ def identifier_observations(
     return obs.filter(~is_blocked).select(*OBSERVATION_COLUMNS)
 
 
-def _alias_types(events: DataFrame) -> DataFrame:
+def _alias_types(events: DataFrame, known: DataFrame) -> DataFrame:
     """Events with the identifier type of their ``userId`` and ``previousId``.
 
     Segment's alias links a previous id to a new one, and either may be an anonymous id: cross-domain
@@ -140,13 +143,13 @@ def _alias_types(events: DataFrame) -> DataFrame:
     is_alias = F.col("type") == "alias"
     aliases = events.filter(is_alias)
     anon_values = (
-        events.select(F.col("anonymous_id").alias("_v"))
+        known.select(F.col("anonymous_id").alias("_v"))
         .join(aliases.select(F.col("user_id").alias("_v")), "_v", "left_semi")
         .distinct()
         .select("_v", F.lit(True).alias("_seen_as_anon"))
     )
     user_values = (
-        events.filter(~is_alias)
+        known.filter(~is_alias)
         .select(F.col("user_id").alias("_v"))
         .join(aliases.select(F.col("previous_id").alias("_v")), "_v", "left_semi")
         .distinct()
@@ -305,6 +308,11 @@ def connected_components(vertices: DataFrame, edges: DataFrame, max_iterations: 
     )
 
 
+def component_id(smallest_identifier: F.Column) -> F.Column:
+    """The id a quarantined component is reported under, derived from its smallest identifier."""
+    return F.concat(F.lit("c_"), F.substring(F.sha2(smallest_identifier, 256), 1, 20))
+
+
 @dataclass
 class IdentityResult:
     graph: DataFrame  # identifier -> profile_id, published components only
@@ -324,6 +332,7 @@ def identity_graph(
     registry: DataFrame | None = None,
     built_at: str = "1970-01-01 00:00:00",
     max_degree: dict[str, int] | None = None,
+    keep_live: DataFrame | None = None,
 ) -> IdentityResult:
     """Components within the per-type ``limits`` (edges cut by priority, see identity_guards) and the size
     bound, with profile ids that survive rebuilds (see profile_ids); oversized components are reported
@@ -340,7 +349,7 @@ def identity_graph(
     ).localCheckpoint()
     published = sized.filter(F.col("component_size") <= max_component_size)
     ids, new_registry, changes = assign_profile_ids(
-        spark, published.select("id", "component"), previous, registry, edges, built_at
+        spark, published.select("id", "component"), previous, registry, edges, built_at, keep_live
     )
     graph = (
         published.join(ids, "component")
@@ -369,7 +378,7 @@ def identity_graph(
             ).alias("top")
         )
         .select(
-            F.concat(F.lit("c_"), F.substring(F.sha2(F.col("component"), 256), 1, 20)).alias("component_id"),
+            component_id(F.col("component")).alias("component_id"),
             "component_size",
             F.transform("top", lambda s: s["id"]).alias("most_connected_identifiers"),
         )

@@ -3,8 +3,8 @@
 Deterministic edges link records that share an email, phone or id. A CRM record whose only contact value
 is an old email, or that has none, stays alone unless its name, date of birth and address say who it is.
 Splink (Fellegi-Sunter) scores candidate pairs from the blocking rules in conf/identity.yaml: it estimates
-the prior from deterministic rules, u-probabilities from random pairs and m-probabilities by EM, then
-predicts. Pairs at or above the configured match probability become edges between the two record ids,
+the prior from deterministic rules, u-probabilities from random pairs and m-probabilities from the records
+that share an email (optionally refined by EM), then predicts. Pairs at or above the configured match probability become edges between the two record ids,
 rule ``probabilistic:splink``, with the match probability as the edge's score and both records as source.
 """
 
@@ -58,7 +58,12 @@ def _comparison(c: ComparisonConfig) -> Any:
     if c.kind == "forename_surname":
         return cl.ForenameSurnameComparison(c.columns[0], c.columns[1])
     if c.kind == "date_of_birth":
-        return cl.DateOfBirthComparison(col, input_is_string=True)
+        # exact, one typo, within `thresholds` months (default 1), else: no "within 1 or 10 years" levels,
+        # which would let two members of a household (same surname and address, years apart) match.
+        months = [int(t) for t in (c.thresholds or [1])]
+        return cl.DateOfBirthComparison(
+            col, input_is_string=True, datetime_thresholds=months, datetime_metrics=["month"] * len(months)
+        )
     if c.kind == "email":
         return cl.EmailComparison(col)
     if c.kind == "name":
@@ -96,6 +101,11 @@ def train_and_predict(linker: Any, conf: ProbabilisticConfig) -> Any:
         [block_on(*cols) for cols in t.deterministic_rules], recall=t.deterministic_recall
     )
     linker.training.estimate_u_using_random_sampling(max_pairs=t.u_max_pairs, seed=t.seed)
+    if t.m_label_column:
+        # Records that share an email are one person (that is a deterministic edge): how their names,
+        # dates of birth and addresses differ is what a true match looks like, typos and nicknames included.
+        # Unsupervised EM, by contrast, learns "same surname and address" as a match and merges households.
+        linker.training.estimate_m_from_label_column("_label")
     for cols in t.em_blocking_rules:
         linker.training.estimate_parameters_using_expectation_maximisation(block_on(*cols))
     return linker.inference.predict(threshold_match_probability=conf.threshold)
@@ -110,9 +120,12 @@ def probabilistic_edges(customers: DataFrame, conf: ProbabilisticConfig) -> Data
     from splink.backends.spark import SparkAPI
 
     spark = customers.sparkSession
-    records = match_records(customers).localCheckpoint()
-    # Splink logs every training step at INFO; keep its progress out of the job's output.
-    logging.getLogger("splink").setLevel(logging.WARNING)
+    records = match_records(customers)
+    if conf.training.m_label_column:
+        records = records.withColumn("_label", F.col(conf.training.m_label_column))
+    records = records.localCheckpoint()
+    # Splink logs every training step, and warns about levels the sample lacks: keep that out of job logs.
+    logging.getLogger("splink").setLevel(logging.ERROR)
     db_api = SparkAPI(spark_session=spark, break_lineage_method="persist")
     linker = Linker(db_api.register(records), splink_settings(conf), log_level=None)
     pairs = train_and_predict(linker, conf).as_spark_dataframe()

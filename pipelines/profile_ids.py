@@ -31,12 +31,14 @@ def assign_profile_ids(
     registry: DataFrame | None,
     edges: DataFrame,
     built_at: str,
+    keep_live: DataFrame | None = None,
 ) -> tuple[DataFrame, DataFrame, DataFrame]:
     """``(ids, registry, changes)`` for ``components`` (id, component).
 
     ``ids``: component -> profile_id. ``registry``: the full new registry. ``changes``: merge and split rows
     of this build. ``previous`` is the last identity graph (identifier, profile_id), ``registry`` the last
-    registry; both None on the first build.
+    registry; both None on the first build. ``keep_live`` (profile_id): ids an incremental update leaves
+    as they are (components it did not touch); they stay live in the registry.
     """
     now = F.to_timestamp(F.lit(built_at))
     previous = (
@@ -163,7 +165,10 @@ def assign_profile_ids(
         )
     )
 
-    live = ids.select("profile_id").distinct()
+    live = ids.select("profile_id")
+    if keep_live is not None:
+        live = live.unionByName(keep_live.select("profile_id"))
+    live = live.distinct()
     retired_into = merges.select(
         F.col("from_profile_id").alias("profile_id"), F.col("into").alias("into_now")
     )

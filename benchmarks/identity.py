@@ -1,0 +1,315 @@
+"""Benchmark: identity resolution at scale, and Splink's own DuckDB backend side by side.
+
+For each size (people in the generator's hard set, about 5 identifiers each):
+  1. generate, then build silver-shaped customers and events as Parquet (not timed);
+  2. full rebuild in a fresh process: observations, deterministic + Splink edges, guards, components, stable
+     ids, written out (wall time and the peak RSS of the whole process tree: Python + JVM);
+  3. incremental update in a fresh process: the state of a build without the newest 10,000 events, then
+     those events arrive and only the components they touch are recomputed (timed: the update alone);
+  4. precision/recall of the full rebuild against the ground truth, over all identifiers;
+  5. reference: Splink on DuckDB over the same customer records (same comparisons, blocking and training),
+     clustered at the same threshold; time and pairwise F1 over customer records, next to Converge's F1
+     on the same records.
+Usage: python -m benchmarks.identity 100000 1000000   (results appended to docs/benchmarks.md)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from benchmarks.machine import machine_details
+from benchmarks.pipeline import REPORT, RUNS, run_measured
+from pipelines.demo_data import generate
+
+NEW_EVENTS = 10_000
+
+
+def _session(run: Path):
+    from pipelines.config import load_config
+    from pipelines.spark import get_spark
+
+    cfg = load_config("dev", lakehouse=str(run / "lakehouse"))
+    return get_spark(cfg), cfg
+
+
+def prepare(run: Path) -> None:
+    """Silver-shaped inputs as Parquet, the newest events split off, the ground truth as Parquet."""
+    from pyspark.sql import functions as F
+
+    from pipelines.resolve import silver_from_landing
+
+    spark, cfg = _session(run)
+    customers, events = silver_from_landing(spark, cfg, run / "landing")
+    customers.write.mode("overwrite").parquet(str(run / "customers.parquet"))
+    events.write.mode("overwrite").parquet(str(run / "events.parquet"))
+    events = spark.read.parquet(str(run / "events.parquet"))
+    cutoff = events.orderBy(F.desc("event_time"), F.desc("message_id")).limit(NEW_EVENTS)
+    cutoff.write.mode("overwrite").parquet(str(run / "events_new.parquet"))
+    events.join(cutoff.select("message_id"), "message_id", "left_anti").write.mode("overwrite").parquet(
+        str(run / "events_old.parquet")
+    )
+    spark.read.option("header", "true").csv(str(run / "landing/ground_truth.csv")).write.mode(
+        "overwrite"
+    ).parquet(str(run / "truth.parquet"))
+
+
+def _guards(cfg) -> dict:
+    types = cfg.identity.identifier_types
+    return {
+        "limits": {t: c.max_per_profile for t, c in types.items()},
+        "priorities": {t: c.priority for t, c in types.items()},
+        "max_degree": {t: c.max_degree for t, c in types.items() if c.max_degree},
+    }
+
+
+def full(run: Path, events_file: str, out: str) -> None:
+    """The whole resolver over customers + the given events; graph, cut edges, registry written to ``out``."""
+    from pipelines.resolve import resolve
+
+    spark, cfg = _session(run)
+    t0 = time.time()
+    customers = spark.read.parquet(str(run / "customers.parquet"))
+    events = spark.read.parquet(str(run / events_file))
+    result, observations, edges = resolve(customers, events, cfg.identity, built_at="2026-11-01 00:00:00")
+    target = run / out
+    result.graph.write.mode("overwrite").parquet(str(target / "graph"))
+    result.registry.write.mode("overwrite").parquet(str(target / "registry"))
+    result.cut_edges.write.mode("overwrite").parquet(str(target / "cut"))
+    result.oversized.write.mode("overwrite").parquet(str(target / "oversized"))
+    edges.write.mode("overwrite").parquet(str(target / "edges"))
+    print(json.dumps({"seconds": round(time.time() - t0, 1)}))
+
+
+def incremental(run: Path) -> None:
+    """The update after NEW_EVENTS events, on the state of the build without them (timed: the update)."""
+    from pyspark.sql import functions as F
+
+    from pipelines.identity import build_edges, identifier_observations
+    from pipelines.identity_incremental import update_identity_graph
+
+    spark, cfg = _session(run)
+    g = _guards(cfg)
+    state = run / "state_old"
+    normalizers = {t: c.normalizer for t, c in cfg.identity.identifier_types.items()}
+    customers = spark.read.parquet(str(run / "customers.parquet"))
+    new_events = spark.read.parquet(str(run / "events_new.parquet"))
+    t0 = time.time()
+    known = spark.read.parquet(str(run / "events_old.parquet")).unionByName(new_events)
+    new_obs = identifier_observations(
+        customers.limit(0), new_events, cfg.identity.blocklist, normalizers, known_events=known
+    )
+    new_obs = new_obs.localCheckpoint()
+    # the stored edges of the earlier build (Splink's included) plus the new events' edges
+    edges = (
+        spark.read.parquet(str(state / "edges"))
+        .unionByName(build_edges(new_obs, g["priorities"]))
+        .groupBy("src", "dst", "rule")
+        .agg(
+            F.min_by(F.struct("source_table", "source_record"), "first_seen").alias("f"),
+            F.min("first_seen").alias("first_seen"),
+            F.max("last_seen").alias("last_seen"),
+            F.sum("evidence_count").alias("evidence_count"),
+            F.max("score").alias("score"),
+        )
+        .select(
+            "src",
+            "dst",
+            "rule",
+            "f.source_table",
+            "f.source_record",
+            "first_seen",
+            "last_seen",
+            "evidence_count",
+            "score",
+        )
+    )
+    old_graph = spark.read.parquet(str(state / "graph"))
+    # every identifier: the published ones, the new ones, and those only edges name (hubs, oversized)
+    vertices = (
+        old_graph.select("identifier")
+        .unionByName(new_obs.select("identifier"))
+        .unionByName(edges.select(F.col("src").alias("identifier")))
+        .unionByName(edges.select(F.col("dst").alias("identifier")))
+        .distinct()
+        .withColumn("id_type", F.substring_index("identifier", ":", 1))
+    )
+    result = update_identity_graph(
+        vertices,
+        edges,
+        new_obs.select("identifier"),
+        old_graph,
+        spark.read.parquet(str(state / "cut")),
+        spark.read.parquet(str(state / "oversized")),
+        spark.read.parquet(str(state / "registry")),
+        cfg.identity.max_component_size,
+        g["limits"],
+        g["priorities"],
+        g["max_degree"],
+        "2026-11-02 00:00:00",
+    )
+    result.graph.write.mode("overwrite").parquet(str(run / "state_inc/graph"))
+    touched = result.changes.count()
+    print(json.dumps({"seconds": round(time.time() - t0, 1), "changes": touched}))
+
+
+def score(run: Path) -> None:
+    from pyspark.sql import functions as F
+
+    from pipelines.evaluate import pairwise_scores
+
+    spark, _ = _session(run)
+    truth = spark.read.parquet(str(run / "truth.parquet"))
+    graph = spark.read.parquet(str(run / "state_full/graph"))
+    records = truth.filter(F.col("identifier").rlike("^(crm|shop)_id:"))
+    print(
+        json.dumps(
+            {
+                "all": pairwise_scores(graph, truth),
+                "records": pairwise_scores(graph, records),
+                "profiles": graph.select("profile_id").distinct().count(),
+            }
+        )
+    )
+
+
+def duckdb_reference(run: Path) -> None:
+    """Splink on DuckDB over the customer records, with the same model definition and threshold."""
+    import duckdb
+    import pandas as pd
+    from splink import Linker
+    from splink.backends.duckdb import DuckDBAPI
+
+    from pipelines.config import load_config
+    from pipelines.matching import splink_settings
+
+    conf = load_config("dev").identity.probabilistic
+    t0 = time.time()
+    con = duckdb.connect()
+    c = str(run / "customers.parquet")
+    records = con.sql(
+        f"""select source_system || '_id:' || source_id as unique_id, lower(first_name) first_name,
+            lower(last_name) last_name, strftime(date_of_birth, '%Y-%m-%d') date_of_birth, lower(street) street,
+            lower(city) city, upper(replace(postal_code, ' ', '')) postal_code, email, phone,
+            coalesce(updated_at, created_at, _loaded_at) seen_at, email as _label
+            from read_parquet('{c}/*.parquet')"""
+    ).df()
+    db_api = DuckDBAPI(connection=con)
+    linker = Linker(db_api.register(records), splink_settings(conf), log_level=None)
+    from splink import block_on
+
+    t = conf.training
+    linker.training.estimate_probability_two_random_records_match(
+        [block_on(*cols) for cols in t.deterministic_rules], recall=t.deterministic_recall
+    )
+    linker.training.estimate_u_using_random_sampling(max_pairs=t.u_max_pairs, seed=t.seed)
+    linker.training.estimate_m_from_label_column("_label")
+    pairs = linker.inference.predict(threshold_match_probability=conf.threshold)
+    clusters = linker.clustering.cluster_pairwise_predictions_at_threshold(
+        pairs, conf.threshold
+    ).as_pandas_dataframe()
+    seconds = time.time() - t0
+    truth = pd.read_parquet(run / "truth.parquet")
+    m = clusters[["unique_id", "cluster_id"]].merge(truth, left_on="unique_id", right_on="identifier")
+
+    def pairs_of(df, *keys):
+        n = df.groupby(list(keys)).size()
+        return int((n * (n - 1) // 2).sum())
+
+    tp, pred, true = (
+        pairs_of(m, "cluster_id", "person_id"),
+        pairs_of(m, "cluster_id"),
+        pairs_of(m, "person_id"),
+    )
+    p, r = tp / pred if pred else 1.0, tp / true if true else 1.0
+    print(json.dumps({"seconds": round(seconds, 1), "precision": p, "recall": r, "f1": 2 * p * r / (p + r)}))
+
+
+def _child(people_run: Path, step: str, *args: str) -> tuple[float, int, dict]:
+    env = os.environ | {"CONVERGE_LAKEHOUSE": str(people_run / "lakehouse")}
+    cmd = [sys.executable, "-m", "benchmarks.identity", "--step", step, str(people_run), *args]
+    wall, peak_kb, res = run_measured(cmd, env)
+    if res.returncode != 0:
+        raise SystemExit(f"{step} failed:\n{res.stdout[-2000:]}\n{res.stderr[-4000:]}")
+    return wall, peak_kb, json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def bench(people: int) -> dict:
+    run = RUNS / f"identity_{people}"
+    shutil.rmtree(run, ignore_errors=True)
+    t0 = time.time()
+    generate(people, 42, run / "landing", hard=True)
+    gen_s = time.time() - t0
+    _child(run, "prepare")
+    full_wall, full_peak, full_out = _child(run, "full", "events.parquet", "state_full")
+    _child(run, "full", "events_old.parquet", "state_old")
+    _, inc_peak, inc_out = _child(run, "incremental")
+    _, _, scores = _child(run, "score")
+    duck_wall, duck_peak, duck = _child(run, "duckdb")
+    return {
+        "people": people,
+        "generate_s": round(gen_s, 1),
+        "full_s": round(full_wall, 1),
+        "full_inner_s": full_out["seconds"],
+        "full_peak_gib": round(full_peak / 1024 / 1024, 2),
+        "incremental_s": inc_out["seconds"],
+        "incremental_peak_gib": round(inc_peak / 1024 / 1024, 2),
+        "precision": round(scores["all"]["precision"], 4),
+        "recall": round(scores["all"]["recall"], 4),
+        "records_f1": round(scores["records"]["f1"], 4),
+        "profiles": scores["profiles"],
+        "duckdb_s": duck["seconds"],
+        "duckdb_peak_gib": round(duck_peak / 1024 / 1024, 2),
+        "duckdb_records_f1": round(duck["f1"], 4),
+    }
+
+
+def report(rows: list[dict]) -> str:
+    lines = [
+        f"\n## Identity resolution, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n",
+        machine_details(),
+        "",
+        "Hard set (`generate --hard`), seed 42. *full*: a fresh process (JVM start included) resolving everything:"
+        " observations, deterministic and Splink edges, guards, components, stable ids, written as Parquet."
+        f" *incremental*: the update after the newest {NEW_EVENTS:,} events on the state of a build without them"
+        " (the update alone, in a fresh process). Precision/recall are pairwise over every identifier of the ground"
+        " truth; *records F1* over customer records only, which is what Splink's DuckDB run resolves (same"
+        " comparisons, blocking, training and threshold; its time includes training, prediction and clustering).",
+        "",
+        "| people | full rebuild | peak RSS | incremental (10k events) | precision | recall | profiles |"
+        " records F1 | Splink DuckDB | DuckDB records F1 |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['people']:,} | {r['full_s']} s | {r['full_peak_gib']} GiB | {r['incremental_s']} s |"
+            f" {r['precision']} | {r['recall']} | {r['profiles']:,} | {r['records_f1']} | {r['duckdb_s']} s"
+            f" ({r['duckdb_peak_gib']} GiB) | {r['duckdb_records_f1']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    if sys.argv[1] == "--step":
+        step, run = sys.argv[2], Path(sys.argv[3])
+        fns = {"prepare": prepare, "incremental": incremental, "score": score, "duckdb": duckdb_reference}
+        if step == "full":
+            full(run, sys.argv[4], sys.argv[5])
+        else:
+            fns[step](run)
+        return
+    rows = []
+    for people in [int(a) for a in sys.argv[1:]]:
+        rows.append(bench(people))
+        print(json.dumps(rows[-1]), flush=True)
+    with open(REPORT, "a") as fh:
+        fh.write(report(rows))
+
+
+if __name__ == "__main__":
+    main()
