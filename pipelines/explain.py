@@ -26,6 +26,7 @@ class Link:
     first_seen: Any = None
     evidence_count: int | None = None
     depth: int = 0
+    score: float | None = None
 
 
 @dataclass
@@ -73,6 +74,7 @@ def _paths(start: str, members: set[str], edges: list[dict[str, Any]]) -> list[L
                     e["first_seen"],
                     e["evidence_count"],
                     links[node].depth + 1,
+                    e["score"] if "score" in e else None,
                 )
                 queue.append(other)
     return list(links.values())
@@ -154,7 +156,8 @@ def render(ex: Explanation) -> str:
             seen = str(k.first_seen)[:19] if k.first_seen is not None else "?"
             lines.append(
                 f"{prefix}{'└─' if last else '├─'} {k.identifier}   via {k.rule} ({k.source_record}, first seen {seen}, "
-                f"{k.evidence_count} record{'s' if k.evidence_count != 1 else ''})"
+                f"{k.evidence_count} record{'s' if k.evidence_count != 1 else ''}"
+                + (f", score {k.score:.4f})" if k.score is not None and k.score < 1 else ")")
             )
             walk(k, prefix + ("   " if last else "│  "))
 

@@ -47,7 +47,7 @@ def _solve(
             min(priorities.get(id_type[s], default), priorities.get(id_type[d], default))
             for s, d in zip(edges["src"], edges["dst"], strict=True)
         ]
-    ).assign(_uncertainty=1.0 - edges["score"].fillna(1.0))
+    ).assign(_uncertainty=1.0 - (edges["score"].fillna(1.0) if "score" in edges else 1.0))
     # certain edges first (strongest identifier type, then earliest seen); probabilistic ones after them,
     # most likely first, so a limit cuts a guess before it cuts evidence
     edges = edges.sort_values(

@@ -183,6 +183,33 @@ def test_guard_keeps_the_stronger_identifier_type(spark):
     assert out[out.kind == "cut"].source_record.tolist() == ["m1"]
 
 
+def test_guard_cuts_a_probabilistic_edge_before_evidence(spark):
+    """Two user ids in one component: the Splink edge goes, even though it was seen first."""
+    import pandas as pd
+
+    from pipelines.identity_guards import _solve
+
+    vertices = pd.DataFrame(
+        {
+            "id": ["crm_id:C1", "crm_id:C2", "user_id:u1", "user_id:u2"],
+            "id_type": ["crm_id", "crm_id", "user_id", "user_id"],
+        }
+    )
+    edges = pd.DataFrame(
+        {
+            "src": ["crm_id:C1", "crm_id:C1", "crm_id:C2"],
+            "dst": ["crm_id:C2", "user_id:u1", "user_id:u2"],
+            "rule": ["probabilistic:splink", "crm_record:shop", "crm_record:shop"],
+            "source_table": ["c", "c", "c"],
+            "source_record": ["crm_id:C1|crm_id:C2", "shop:C1", "shop:C2"],
+            "first_seen": pd.to_datetime(["2020-01-01", "2026-01-01", "2026-01-02"]),
+            "score": [0.999, 1.0, 1.0],
+        }
+    )
+    out = _solve(vertices, edges, {"user_id": 1}, {"user_id": 1, "crm_id": 2})
+    assert out[out.kind == "cut"].rule.tolist() == ["probabilistic:splink"]
+
+
 def test_per_type_normalizers_apply_before_blocklist_and_linking(spark, cfg):
     customers = spark.createDataFrame(
         [
