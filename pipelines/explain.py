@@ -74,7 +74,7 @@ def _paths(start: str, members: set[str], edges: list[dict[str, Any]]) -> list[L
                     e["first_seen"],
                     e["evidence_count"],
                     links[node].depth + 1,
-                    e["score"] if "score" in e else None,
+                    e.get("score"),
                 )
                 queue.append(other)
     return list(links.values())
