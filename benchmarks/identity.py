@@ -57,6 +57,14 @@ def prepare(run: Path) -> None:
     spark.read.option("header", "true").csv(str(run / "landing/ground_truth.csv")).write.mode(
         "overwrite"
     ).parquet(str(run / "truth.parquet"))
+    print(
+        json.dumps(
+            {
+                "customers": spark.read.parquet(str(run / "customers.parquet")).count(),
+                "events": events.count(),
+            }
+        )
+    )
 
 
 def _guards(cfg) -> dict:
@@ -270,9 +278,10 @@ def bench(people: int) -> dict:
 
 
 def report(rows: list[dict]) -> str:
+    m = machine_details()
     lines = [
         f"\n## Identity resolution, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n",
-        machine_details(),
+        "Machine: " + "; ".join(f"{k} {v}" for k, v in m.items()),
         "",
         "Hard set (`generate --hard`), seed 42. *full*: a fresh process (JVM start included) resolving everything:"
         " observations, deterministic and Splink edges, guards, components, stable ids, written as Parquet."
