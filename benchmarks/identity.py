@@ -98,7 +98,7 @@ def incremental(run: Path) -> None:
     """The update after NEW_EVENTS events, on the state of the build without them (timed: the update)."""
     from pyspark.sql import functions as F
 
-    from pipelines.identity import build_edges, identifier_observations
+    from pipelines.identity import build_edges, identifier_observations, merge_edges
     from pipelines.identity_incremental import update_identity_graph
 
     spark, cfg = _session(run)
@@ -114,28 +114,8 @@ def incremental(run: Path) -> None:
     )
     new_obs = new_obs.localCheckpoint()
     # the stored edges of the earlier build (Splink's included) plus the new events' edges
-    edges = (
-        spark.read.parquet(str(state / "edges"))
-        .unionByName(build_edges(new_obs, g["priorities"]))
-        .groupBy("src", "dst", "rule")
-        .agg(
-            F.min_by(F.struct("source_table", "source_record"), "first_seen").alias("f"),
-            F.min("first_seen").alias("first_seen"),
-            F.max("last_seen").alias("last_seen"),
-            F.sum("evidence_count").alias("evidence_count"),
-            F.max("score").alias("score"),
-        )
-        .select(
-            "src",
-            "dst",
-            "rule",
-            "f.source_table",
-            "f.source_record",
-            "first_seen",
-            "last_seen",
-            "evidence_count",
-            "score",
-        )
+    edges = merge_edges(
+        spark.read.parquet(str(state / "edges")).unionByName(build_edges(new_obs, g["priorities"]))
     )
     old_graph = spark.read.parquet(str(state / "graph"))
     # every identifier: the published ones, the new ones, and those only edges name (hubs, oversized)

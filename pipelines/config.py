@@ -154,17 +154,17 @@ class TrainingConfig(_Strict):
 
 
 class ProbabilisticConfig(_Strict):
-    @model_validator(mode="after")
-    def _m_is_trained(self) -> ProbabilisticConfig:
-        if self.training.m_label_column is None and not self.training.em_blocking_rules:
-            raise ValueError("training needs m_label_column or em_blocking_rules to estimate m-probabilities")
-        return self
-
     enabled: bool = True
     threshold: float = Field(0.99, gt=0, lt=1)
     comparisons: list[ComparisonConfig] = Field(min_length=1)
     blocking_rules: list[list[Literal[MATCH_FIELDS]]] = Field(min_length=1)  # type: ignore[valid-type]
     training: TrainingConfig
+
+    @model_validator(mode="after")
+    def _m_is_trained(self) -> ProbabilisticConfig:
+        if self.training.m_label_column is None and not self.training.em_blocking_rules:
+            raise ValueError("training needs m_label_column or em_blocking_rules to estimate m-probabilities")
+        return self
 
 
 class IdentityConfig(_Strict):

@@ -209,17 +209,28 @@ def build_edges(observations: DataFrame, priorities: dict[str, int] | None = Non
             "rule",
             "source_table",
             "source_record",
-            "seen_at",
+            F.col("seen_at").alias("first_seen"),
+            F.col("seen_at").alias("last_seen"),
+            F.lit(1).cast("long").alias("evidence_count"),
+            F.lit(DETERMINISTIC_SCORE).alias("score"),
         )
     )
-    first = F.min_by(F.struct("source_table", "source_record"), F.struct("seen_at", "source_record"))
+    return merge_edges(linked)
+
+
+def merge_edges(edges: DataFrame) -> DataFrame:
+    """Collapse rows of the same edge (src, dst, rule): the first source record that produced it (the
+    explanation), first and last seen, how many records agree, the best score. Merging an edge table with
+    the edges of new records gives the table a rebuild would."""
+    first = F.min_by(F.struct("source_table", "source_record"), F.struct("first_seen", "source_record"))
     return (
-        linked.groupBy("src", "dst", "rule")
+        edges.groupBy("src", "dst", "rule")
         .agg(
             first.alias("f"),
-            F.min("seen_at").alias("first_seen"),
-            F.max("seen_at").alias("last_seen"),
-            F.count(F.lit(1)).alias("evidence_count"),
+            F.min("first_seen").alias("first_seen"),
+            F.max("last_seen").alias("last_seen"),
+            F.sum("evidence_count").alias("evidence_count"),
+            F.max("score").alias("score"),
         )
         .select(
             "src",
@@ -230,7 +241,7 @@ def build_edges(observations: DataFrame, priorities: dict[str, int] | None = Non
             "first_seen",
             "last_seen",
             "evidence_count",
-            F.lit(DETERMINISTIC_SCORE).alias("score"),
+            "score",
         )
     )
 

@@ -201,6 +201,20 @@ def read_csv_raw(spark: SparkSession, files: list[str]) -> DataFrame:
     )
 
 
+def read_text_files(spark: SparkSession, files: list[str]) -> DataFrame:
+    """The batch twin of ``read_text_stream``: the lines of ``files`` with the same columns."""
+    return _lines(spark.read.text(files))
+
+
+def _lines(df: DataFrame) -> DataFrame:
+    """``value``, ``source_file`` and ``loaded_at`` (the file's modification time) of a text read."""
+    return df.select(
+        F.col("value"),
+        source_path(F.col("_metadata.file_path")).alias("source_file"),
+        F.col("_metadata.file_modification_time").alias("loaded_at"),
+    )
+
+
 def read_text_stream(
     spark: SparkSession, folder: Path, pattern: str, max_files_per_trigger: int
 ) -> DataFrame:
@@ -209,16 +223,11 @@ def read_text_stream(
     The file's modification time is the load time: a retried micro-batch then rebuilds identical rows.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    return (
+    return _lines(
         spark.readStream.format("text")
         .option("pathGlobFilter", pattern)
         .option("maxFilesPerTrigger", max_files_per_trigger)
         .load(str(folder))
-        .select(
-            F.col("value"),
-            source_path(F.col("_metadata.file_path")).alias("source_file"),
-            F.col("_metadata.file_modification_time").alias("loaded_at"),
-        )
     )
 
 

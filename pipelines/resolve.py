@@ -118,11 +118,7 @@ def silver_from_landing(spark: SparkSession, cfg: Config, landing: Path) -> tupl
             bronze, cfg.sources.systems, cfg.sources.country_aliases, cfg.sources.default_phone_region
         )
     )
-    raw = spark.read.text(io.landing_files(landing / "events", "*.jsonl")).select(
-        "value",
-        io.source_path(F.col("_metadata.file_path")).alias("source_file"),
-        F.to_timestamp(F.lit(loaded_at)).alias("loaded_at"),
-    )
+    raw = io.read_text_files(spark, io.landing_files(landing / "events", "*.jsonl"))
     return customers, silver_events(parse_configured(raw, cfg))
 
 
