@@ -9,6 +9,7 @@ from assets.resources import SparkResource
 from pipelines import io
 from pipelines.identity import all_edges, identifier_observations, identity_graph
 from pipelines.profiles import build_profiles
+from pipelines.stream import identity_lock
 
 
 def _observations(session, cfg):
@@ -16,7 +17,7 @@ def _observations(session, cfg):
         io.read(session, cfg, "silver.customers"),
         io.read(session, cfg, "silver.events"),
         cfg.identity.blocklist,
-        {t: c.normalizer for t, c in cfg.identity.identifier_types.items()},
+        cfg.identity.normalizers,
     )
 
 
@@ -33,7 +34,7 @@ def identity_edges(spark: SparkResource) -> MaterializeResult:
     edges = all_edges(
         _observations(session, cfg),
         io.read(session, cfg, "silver.customers"),
-        {t: c.priority for t, c in cfg.identity.identifier_types.items()},
+        cfg.identity.priorities,
         cfg.identity.probabilistic,
     )
     io.overwrite(edges, cfg, "silver.identity_edges")
@@ -97,7 +98,11 @@ def identity_edges(spark: SparkResource) -> MaterializeResult:
 def identity_graph_assets(context: AssetExecutionContext, spark: SparkResource):
     """Connected components (large-star/small-star) over the edges; oversized components are quarantined."""
     cfg, session = spark.config(), spark.session()
-    types = cfg.identity.identifier_types
+    with identity_lock(cfg):  # the stream's per-batch identity updates wait meanwhile
+        yield from _rebuild_identity(context, session, cfg)
+
+
+def _rebuild_identity(context: AssetExecutionContext, session, cfg):
     previous = (
         io.read(session, cfg, "gold.identity_graph")
         if io.exists(session, cfg, "gold.identity_graph")
@@ -110,12 +115,12 @@ def identity_graph_assets(context: AssetExecutionContext, spark: SparkResource):
         _observations(session, cfg),
         io.read(session, cfg, "silver.identity_edges"),
         cfg.identity.max_component_size,
-        limits={t: c.max_per_profile for t, c in types.items()},
-        priorities={t: c.priority for t, c in types.items()},
+        limits=cfg.identity.limits,
+        priorities=cfg.identity.priorities,
         previous=previous,
         registry=registry,
         built_at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"),
-        max_degree={t: c.max_degree for t, c in types.items() if c.max_degree},
+        max_degree=cfg.identity.max_degree,
     )
     # Merges, splits and the registry derive from the previous graph and registry: settle them before
     # either table is overwritten.
@@ -160,6 +165,12 @@ def identity_graph_assets(context: AssetExecutionContext, spark: SparkResource):
 def profiles(spark: SparkResource) -> MaterializeResult:
     """One golden profile per person: survivorship by source priority then recency, orders and events rolled up."""
     cfg, session = spark.config(), spark.session()
+    with identity_lock(cfg):
+        _rebuild_profiles(session, cfg)
+    return table_result(session, cfg, "gold.profiles", preview_rows=cfg.profiles.preview_rows)
+
+
+def _rebuild_profiles(session, cfg) -> None:
     built = build_profiles(
         io.read(session, cfg, "gold.identity_graph"),
         io.read(session, cfg, "silver.customers"),
@@ -168,4 +179,3 @@ def profiles(spark: SparkResource) -> MaterializeResult:
         cfg.sources.priority,
     )
     io.overwrite(built, cfg, "gold.profiles")
-    return table_result(session, cfg, "gold.profiles", preview_rows=cfg.profiles.preview_rows)

@@ -14,8 +14,9 @@ from dagster import (
 from assets.metadata import table_result
 from assets.resources import SparkResource
 from pipelines import io
-from pipelines.ingest import load_csv_feed, parse_configured, run_event_stream
+from pipelines.ingest import load_csv_feed, parse_configured
 from pipelines.reconcile import reconcile
+from pipelines.stream import run_stream
 
 EVENTS = AssetKey(["silver", "events"])
 
@@ -80,10 +81,11 @@ def orders(context: AssetExecutionContext, spark: SparkResource) -> MaterializeR
     ],
 )
 def clickstream(context: AssetExecutionContext, spark: SparkResource):
-    """Structured Streaming (availableNow) over the landing folder: each micro-batch appends bronze, MERGEs
-    unseen messageIds into silver and quarantines rejects, idempotently per batch."""
+    """Structured Streaming (availableNow) over the configured source: each micro-batch appends bronze,
+    MERGEs unseen messageIds into silver and quarantines rejects, idempotently per batch. Identity and
+    profiles are left to the assets downstream (a full rebuild in the same run)."""
     cfg, session = spark.config(), spark.session()
-    batches = run_event_stream(session, cfg, available_now=True)
+    batches = run_stream(session, cfg, available_now=True, update_identity=False)
     context.log.info(f"processed {len(batches)} micro-batch(es): {[b.as_dict() for b in batches]}")
     if not io.exists(session, cfg, "bronze.events"):
         raise FileNotFoundError(

@@ -67,15 +67,6 @@ def prepare(run: Path) -> None:
     )
 
 
-def _guards(cfg) -> dict:
-    types = cfg.identity.identifier_types
-    return {
-        "limits": {t: c.max_per_profile for t, c in types.items()},
-        "priorities": {t: c.priority for t, c in types.items()},
-        "max_degree": {t: c.max_degree for t, c in types.items() if c.max_degree},
-    }
-
-
 def full(run: Path, events_file: str, out: str) -> None:
     """The whole resolver over customers + the given events; graph, cut edges, registry written to ``out``."""
     from pipelines.resolve import resolve
@@ -96,49 +87,30 @@ def full(run: Path, events_file: str, out: str) -> None:
 
 def incremental(run: Path) -> None:
     """The update after NEW_EVENTS events, on the state of the build without them (timed: the update)."""
-    from pyspark.sql import functions as F
-
     from pipelines.identity import build_edges, identifier_observations, merge_edges
-    from pipelines.identity_incremental import update_identity_graph
+    from pipelines.identity_incremental import incremental_identity
 
     spark, cfg = _session(run)
-    g = _guards(cfg)
     state = run / "state_old"
-    normalizers = {t: c.normalizer for t, c in cfg.identity.identifier_types.items()}
     customers = spark.read.parquet(str(run / "customers.parquet"))
     new_events = spark.read.parquet(str(run / "events_new.parquet"))
     t0 = time.time()
     known = spark.read.parquet(str(run / "events_old.parquet")).unionByName(new_events)
     new_obs = identifier_observations(
-        customers.limit(0), new_events, cfg.identity.blocklist, normalizers, known_events=known
-    )
-    new_obs = new_obs.localCheckpoint()
+        customers.limit(0), new_events, cfg.identity.blocklist, cfg.identity.normalizers, known_events=known
+    ).localCheckpoint()
     # the stored edges of the earlier build (Splink's included) plus the new events' edges
     edges = merge_edges(
-        spark.read.parquet(str(state / "edges")).unionByName(build_edges(new_obs, g["priorities"]))
+        spark.read.parquet(str(state / "edges")).unionByName(build_edges(new_obs, cfg.identity.priorities))
     )
-    old_graph = spark.read.parquet(str(state / "graph"))
-    # every identifier: the published ones, the new ones, and those only edges name (hubs, oversized)
-    vertices = (
-        old_graph.select("identifier")
-        .unionByName(new_obs.select("identifier"))
-        .unionByName(edges.select(F.col("src").alias("identifier")))
-        .unionByName(edges.select(F.col("dst").alias("identifier")))
-        .distinct()
-        .withColumn("id_type", F.substring_index("identifier", ":", 1))
-    )
-    result = update_identity_graph(
-        vertices,
+    result = incremental_identity(
+        new_obs,
         edges,
-        new_obs.select("identifier"),
-        old_graph,
+        spark.read.parquet(str(state / "graph")),
         spark.read.parquet(str(state / "cut")),
         spark.read.parquet(str(state / "oversized")),
         spark.read.parquet(str(state / "registry")),
-        cfg.identity.max_component_size,
-        g["limits"],
-        g["priorities"],
-        g["max_degree"],
+        cfg.identity,
         "2026-11-02 00:00:00",
     )
     result.graph.write.mode("overwrite").parquet(str(run / "state_inc/graph"))

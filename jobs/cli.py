@@ -7,6 +7,8 @@ converge sql "SELECT ..." [--format table|csv|json]
 converge score [--truth FILE]                     identity graph vs ground truth
 converge explain email:ann@example.com            the profile and the edges that tie its identifiers
 converge resolve --input T --config Y --output D  resolve any table of person records -> record id, profile id
+converge stream [--source files|kafka]           the long-running clickstream stream (Ctrl-C stops it)
+converge stream status                            its progress: rows/s, batch duration, backlog
 converge tables                                   the tables and their row counts
 """
 
@@ -248,6 +250,85 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0 if ex.profile_id else 3
 
 
+def _stream_config(args: argparse.Namespace):
+    cfg = load_config()
+    if args.source:
+        cfg.streaming.source = args.source
+    if args.trigger:
+        cfg.streaming.trigger = args.trigger
+    return cfg
+
+
+def cmd_stream(args: argparse.Namespace) -> int:
+    """`converge stream`: the long-running query; `converge stream status`: its progress, without Spark."""
+    from pipelines.stream import read_status, run_stream
+
+    cfg = _stream_config(args)
+    if args.action == "status":
+        status = read_status(cfg)
+        if status is None:
+            print(f"no {cfg.streaming.source} stream has run on this lakehouse yet", file=sys.stderr)
+            return 1
+        if args.format == "json":
+            print(json.dumps(status, indent=1, default=str))
+            return 0
+        print(
+            f"{status['query']} ({status['source']}): {status['state']}, pid {status['pid']}, "
+            f"started {status['started_at']}, updated {status['updated_at']}"
+        )
+        if "backlog_files" in status:
+            print(f"backlog: {status['backlog_files']} landed file(s) not yet read")
+        if "seconds_since_last_batch" in status:
+            print(f"last batch {status['seconds_since_last_batch']} s ago")
+        if status.get("error"):
+            print(f"error: {status['error']}")
+        rows = [
+            {
+                k: b.get(k)
+                for k in (
+                    "batch_id",
+                    "input_rows",
+                    "processed_rows_per_second",
+                    "batch_duration_ms",
+                    "kafka_offsets_behind_latest",
+                    "inserted",
+                    "quarantined",
+                    "duplicates",
+                    "identity_touched_identifiers",
+                )
+            }
+            for b in status["batches"]
+        ]
+        if rows:
+            import pandas as pd
+
+            _print_frame(pd.DataFrame(rows), "table")
+        return 0
+    from pipelines.spark import get_spark
+
+    spark = get_spark(cfg)
+    print(
+        f"streaming {cfg.streaming.source} every {cfg.streaming.trigger} into {cfg.lakehouse.root} "
+        "(Ctrl-C to stop; `converge stream status` shows progress)",
+        flush=True,
+    )
+    import signal
+
+    def _interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the query cleanly, like Ctrl-C
+    try:
+        batches = run_stream(
+            spark, cfg, available_now=cfg.streaming.trigger == "available_now", timeout_s=args.timeout
+        )
+    except KeyboardInterrupt:
+        print("stopped", file=sys.stderr)
+        return 130
+    print(json.dumps({"batches": len(batches), "rows": sum(b.rows for b in batches)}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="converge", description="Converge: lakehouse-native customer data platform"
@@ -312,6 +393,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--labels", type=Path, help="optional CSV record_id,label: print pairwise precision/recall"
     )
     rs.set_defaults(fn=cmd_resolve)
+
+    st = sub.add_parser(
+        "stream",
+        help="run the clickstream stream (files or Kafka, from conf) until stopped; `status` shows progress",
+    )
+    st.add_argument("action", nargs="?", choices=["run", "status"], default="run")
+    st.add_argument("--source", choices=["files", "kafka"], help="override streaming.source")
+    st.add_argument("--trigger", help="override streaming.trigger, e.g. '2 seconds' or available_now")
+    st.add_argument("--timeout", type=float, help="stop after this many seconds (default: run until stopped)")
+    st.add_argument("--format", choices=["text", "json"], default="text", help="status output")
+    st.set_defaults(fn=cmd_stream)
 
     t = sub.add_parser("tables", help="list tables with row counts")
     t.add_argument("--format", choices=["table", "csv", "json"], default="table")

@@ -41,6 +41,7 @@ class SparkConfig(_Strict):
     shuffle_partitions: int = Field(4, ge=1)
     ivy_dir: Path = Path(".ivy2")
     packages: list[str] = []
+    maven_poms: list[Path] = []
     conf: dict[str, str] = {}
 
 
@@ -92,9 +93,20 @@ class SourcesConfig(_Strict):
         return v
 
 
+class KafkaConfig(_Strict):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic: str = "converge.events"
+    starting_offsets: str = "earliest"
+    max_offsets_per_trigger: int = Field(50_000, ge=1)
+    options: dict[str, str] = {}  # any other kafka.* consumer option (security, SASL, ...)
+
+
 class StreamingConfig(_Strict):
-    trigger: str = "available_now"
+    source: Literal["files", "kafka"] = "files"
+    trigger: str = "2 seconds"
     max_files_per_trigger: int = Field(50, ge=1)
+    kafka: KafkaConfig = KafkaConfig()
+    update_identity: bool = True  # each micro-batch updates the identity graph and profiles it touches
 
     @field_validator("trigger")
     @classmethod
@@ -172,6 +184,22 @@ class IdentityConfig(_Strict):
     identifier_types: dict[str, IdentifierTypeConfig]
     blocklist: dict[str, list[str]] = {}
     probabilistic: ProbabilisticConfig | None = None
+
+    @property
+    def normalizers(self) -> dict[str, str]:
+        return {t: c.normalizer for t, c in self.identifier_types.items()}
+
+    @property
+    def limits(self) -> dict[str, int]:
+        return {t: c.max_per_profile for t, c in self.identifier_types.items()}
+
+    @property
+    def priorities(self) -> dict[str, int]:
+        return {t: c.priority for t, c in self.identifier_types.items()}
+
+    @property
+    def max_degree(self) -> dict[str, int]:
+        return {t: c.max_degree for t, c in self.identifier_types.items() if c.max_degree}
 
     @model_validator(mode="after")
     def _blocklisted_types_exist(self) -> IdentityConfig:
@@ -254,6 +282,8 @@ def load_config(
     """Load and validate the configuration for ``env`` (default: $CONVERGE_ENV or ``dev``).
 
     ``lakehouse`` (else $CONVERGE_LAKEHOUSE) moves the whole lakehouse: tables, landing and checkpoints.
+    $CONVERGE_OVERRIDES, a YAML/JSON mapping (``{streaming: {source: kafka}}``), is merged over the files,
+    and ``overrides`` over that: one process can be pointed elsewhere without another conf file.
     """
     env = env or os.environ.get("CONVERGE_ENV", "dev")
     # (file, the key its content goes under): sections of their own first, the environment's overrides last.
@@ -276,6 +306,12 @@ def load_config(
         merged["lakehouse"].update(
             root=str(root), landing=str(root / "landing"), checkpoints=str(root / "_checkpoints")
         )
+    env_overrides = os.environ.get("CONVERGE_OVERRIDES")
+    if env_overrides:
+        parsed = yaml.safe_load(env_overrides)
+        if not isinstance(parsed, dict):
+            raise ConfigError(f"CONVERGE_OVERRIDES must be a YAML mapping, got {env_overrides!r}")
+        merged = deep_merge(merged, parsed)
     if overrides:
         merged = deep_merge(merged, overrides)
     try:
@@ -288,4 +324,5 @@ def load_config(
         root=_absolute(lh.root), landing=_absolute(lh.landing), checkpoints=_absolute(lh.checkpoints)
     )
     cfg.spark.ivy_dir = _absolute(cfg.spark.ivy_dir)
+    cfg.spark.maven_poms = [_absolute(p) for p in cfg.spark.maven_poms]
     return cfg

@@ -73,7 +73,7 @@ def _observe(
 
 
 def identifier_observations(
-    customers: DataFrame,
+    customers: DataFrame | None,
     events: DataFrame,
     blocklist: dict[str, list[str]],
     normalizers: dict[str, str] | None = None,
@@ -86,8 +86,37 @@ def identifier_observations(
     anonymousId the visitor had before (analytics.js sends it that way), unless it was used as a userId.
     ``known_events`` (default: ``events``) are the events that tell which ids were used as which (see
     ``_alias_types``): an incremental run observes its new events in the light of all earlier ones.
+    ``customers`` None: events alone (a stream's micro-batch).
     """
-    cust = _observe(
+    ev = _observe(
+        _alias_types(events, events if known_events is None else known_events),
+        [
+            (F.col("_user_id_type"), "user_id"),
+            ("anonymous_id", "anonymous_id"),
+            (F.col("_previous_id_type"), "previous_id"),
+            ("email", "trait_email"),
+            ("phone", "trait_phone"),
+        ],
+        F.concat(F.lit("event:"), F.col("type")),
+        "silver.events",
+        F.col("message_id"),
+        F.col("event_time"),
+    )
+    obs = ev if customers is None else _customer_observations(customers).unionByName(ev)
+    value = F.col("value")
+    for id_type, how in (normalizers or {}).items():
+        value = F.when(F.col("id_type") == id_type, _normalized(F.col("value"), how)).otherwise(value)
+    obs = obs.withColumn("value", value).filter(F.col("value").isNotNull())
+    obs = obs.withColumn("identifier", F.concat_ws(":", "id_type", "value"))
+    is_blocked = F.lit(False)
+    for id_type, patterns in blocklist.items():
+        is_blocked = is_blocked | ((F.col("id_type") == id_type) & blocked(F.col("value"), patterns))
+    return obs.filter(~is_blocked).select(*OBSERVATION_COLUMNS)
+
+
+def _customer_observations(customers: DataFrame) -> DataFrame:
+    """A CRM record's id, email, phone and linked web user id."""
+    return _observe(
         customers,
         [("email", "email"), ("phone", "phone"), ("user_id", "user_id")],
         F.concat(F.lit("crm_record:"), F.col("source_system")),
@@ -105,30 +134,6 @@ def identifier_observations(
             F.coalesce("updated_at", "created_at", "_loaded_at").alias("seen_at"),
         )
     )
-    ev = _observe(
-        _alias_types(events, events if known_events is None else known_events),
-        [
-            (F.col("_user_id_type"), "user_id"),
-            ("anonymous_id", "anonymous_id"),
-            (F.col("_previous_id_type"), "previous_id"),
-            ("email", "trait_email"),
-            ("phone", "trait_phone"),
-        ],
-        F.concat(F.lit("event:"), F.col("type")),
-        "silver.events",
-        F.col("message_id"),
-        F.col("event_time"),
-    )
-    obs = cust.unionByName(ev)
-    value = F.col("value")
-    for id_type, how in (normalizers or {}).items():
-        value = F.when(F.col("id_type") == id_type, _normalized(F.col("value"), how)).otherwise(value)
-    obs = obs.withColumn("value", value).filter(F.col("value").isNotNull())
-    obs = obs.withColumn("identifier", F.concat_ws(":", "id_type", "value"))
-    is_blocked = F.lit(False)
-    for id_type, patterns in blocklist.items():
-        is_blocked = is_blocked | ((F.col("id_type") == id_type) & blocked(F.col("value"), patterns))
-    return obs.filter(~is_blocked).select(*OBSERVATION_COLUMNS)
 
 
 def _alias_types(events: DataFrame, known: DataFrame) -> DataFrame:
@@ -216,6 +221,19 @@ def build_edges(observations: DataFrame, priorities: dict[str, int] | None = Non
         )
     )
     return merge_edges(linked)
+
+
+# The Delta MERGE twin of ``merge_edges``: folds a batch's merged edges (s) into the stored table (t).
+_S_FIRST = "struct(s.first_seen, s.source_record) < struct(t.first_seen, t.source_record)"
+EDGE_UPSERT_SET = {
+    "source_table": f"CASE WHEN {_S_FIRST} THEN s.source_table ELSE t.source_table END",
+    "source_record": f"CASE WHEN {_S_FIRST} THEN s.source_record ELSE t.source_record END",
+    "first_seen": "least(t.first_seen, s.first_seen)",
+    "last_seen": "greatest(t.last_seen, s.last_seen)",
+    "evidence_count": "t.evidence_count + s.evidence_count",
+    "score": "greatest(t.score, s.score)",
+}
+EDGE_KEYS = ["src", "dst", "rule"]
 
 
 def merge_edges(edges: DataFrame) -> DataFrame:
@@ -331,6 +349,9 @@ class IdentityResult:
     cut_edges: DataFrame  # edges cut by a per-type limit
     registry: DataFrame  # every profile id ever issued (gold.profile_ids)
     changes: DataFrame  # merges and splits of this build (gold.profile_merges)
+    # incremental updates only: (id) the identifiers whose rows were recomputed or removed; every other
+    # row of ``graph`` is the previous build's, unchanged
+    touched: DataFrame | None = None
 
 
 def identity_graph(

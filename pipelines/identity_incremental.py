@@ -23,6 +23,7 @@ from __future__ import annotations
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from pipelines.config import IdentityConfig
 from pipelines.identity import IdentityResult, component_id, identity_graph
 from pipelines.identity_guards import cut_hubs
 
@@ -134,4 +135,46 @@ def update_identity_graph(
         ),
         registry=sub.registry,
         changes=sub.changes,
+        touched=leaving,
+    )
+
+
+def incremental_identity(
+    new_observations: DataFrame,
+    edges: DataFrame,
+    previous: DataFrame,
+    previous_cut: DataFrame,
+    previous_oversized: DataFrame,
+    registry: DataFrame,
+    identity: IdentityConfig,
+    built_at: str,
+) -> IdentityResult:
+    """The identity tables after new records, from what the last build stored.
+
+    ``new_observations`` are the identifier observations of the new records (events of a micro-batch, a
+    daily load); ``edges`` the complete edge table, the new records' edges merged in (``merge_edges``).
+    The vertices are every identifier the last graph published, the new ones, and those only edges name
+    (hubs, oversized components), typed by their prefix.
+    """
+    vertices = (
+        previous.select("identifier")
+        .unionByName(new_observations.select("identifier"))
+        .unionByName(edges.select(F.col("src").alias("identifier")))
+        .unionByName(edges.select(F.col("dst").alias("identifier")))
+        .distinct()
+        .withColumn("id_type", F.substring_index("identifier", ":", 1))
+    )
+    return update_identity_graph(
+        vertices,
+        edges,
+        new_observations.select("identifier"),
+        previous,
+        previous_cut,
+        previous_oversized,
+        registry,
+        identity.max_component_size,
+        identity.limits,
+        identity.priorities,
+        identity.max_degree,
+        built_at,
     )

@@ -1,9 +1,9 @@
 """Ingestion entry points: CSV feeds into bronze, and the clickstream through Structured Streaming.
 
-The clickstream path is the one production streaming extends: a file (or, later, Kafka) source, and a
-``foreachBatch`` that appends the raw lines to bronze, MERGEs unseen messageIds into silver and appends
-rejects to quarantine. Every write of a micro-batch carries (app id, batch id) as Delta's transaction
-id, so a batch replayed after a crash commits nothing twice; a new checkpoint gets a new app id.
+``process_event_batch`` is one micro-batch of the clickstream (pipelines/stream.py runs the query): it
+appends the raw lines to bronze, MERGEs unseen messageIds into silver and appends rejects to quarantine.
+Every write of a micro-batch carries (app id, batch id) as Delta's transaction id, so a batch replayed
+after a crash commits nothing twice; a new checkpoint gets a new app id.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pyspark.sql import functions as F
 
 from pipelines import io
 from pipelines.config import Config
-from pipelines.events import parse_events, quarantined_events, silver_events
+from pipelines.events import flag_conflicts, parse_events, quarantined_events, silver_events
 from pipelines.records import csv_to_bronze
 
 
@@ -50,29 +50,45 @@ def load_csv_feed(spark: SparkSession, cfg: Config, folder: Path, feed: str, tab
     return files
 
 
-def parse_configured(raw: DataFrame, cfg: Config) -> DataFrame:
-    """``parse_events`` with the limits from conf (events.*)."""
+def parse_configured(raw: DataFrame, cfg: Config, known: DataFrame | None = None) -> DataFrame:
+    """``parse_events`` with the limits from conf (events.*), then messageId conflicts flagged (against
+    ``known`` silver events, when given)."""
     e = cfg.events
-    return parse_events(
-        raw, e.max_event_bytes, e.min_event_time, e.max_future_seconds, cfg.sources.default_phone_region
+    return flag_conflicts(
+        parse_events(
+            raw, e.max_event_bytes, e.min_event_time, e.max_future_seconds, cfg.sources.default_phone_region
+        ),
+        known,
     )
 
 
-def process_event_batch(batch: DataFrame, batch_id: int, cfg: Config, app_id: str) -> BatchStats:
-    """One micro-batch: raw lines -> bronze.events, new valid events -> silver.events, rejects -> quarantine."""
+def process_event_batch(
+    batch: DataFrame, batch_id: int, cfg: Config, app_id: str, return_events: bool = False
+):
+    """One micro-batch: raw lines -> bronze.events, new valid events -> silver.events, rejects -> quarantine.
+
+    A messageId silver already holds with other content is a conflict (quarantined), with the same
+    content a duplicate. Returns the stats; with ``return_events`` also the batch's accepted events,
+    one per messageId, persisted (the caller unpersists them).
+    """
     spark = batch.sparkSession
     raw = batch.persist()
     try:
         io.append(
             raw.withColumn("batch_id", F.lit(batch_id).cast("long")), cfg, "bronze.events", app_id, batch_id
         )
-        parsed = parse_configured(raw, cfg).persist()
+        known = (
+            io.read(spark, cfg, "silver.events").select("message_id", "_fingerprint")
+            if io.exists(spark, cfg, "silver.events")
+            else None
+        )
+        parsed = parse_configured(raw, cfg, known).persist()
         stats = parsed.agg(
             F.count(F.lit(1)).alias("rows"),
             F.count(F.when(F.col("_reject_reason").isNull(), 1)).alias("accepted"),
         ).collect()[0]
         rows, accepted = int(stats["rows"]), int(stats["accepted"])
-        events, rejects = silver_events(parsed), quarantined_events(parsed)
+        events, rejects = silver_events(parsed).persist(), quarantined_events(parsed)
         io.ensure(spark, cfg, "silver.events", events.schema)
         io.ensure(spark, cfg, "quarantine.events", rejects.schema)
         inserted = io.merge_insert_new(events, cfg, "silver.events", ["message_id"], app_id, batch_id)
@@ -81,38 +97,8 @@ def process_event_batch(batch: DataFrame, batch_id: int, cfg: Config, app_id: st
         parsed.unpersist()
     finally:
         raw.unpersist()
-    return BatchStats(batch_id, rows, accepted, rows - accepted, inserted, accepted - inserted)
-
-
-def run_event_stream(
-    spark: SparkSession, cfg: Config, available_now: bool = True, timeout_s: int | None = None
-) -> list[BatchStats]:
-    """Run the landing-folder clickstream query; with ``available_now`` it stops when the backlog is done.
-
-    Returns the stats of each micro-batch this call processed.
-    """
-    checkpoint = cfg.lakehouse.checkpoints / "events_stream"
-    app_id = io.checkpoint_app_id(checkpoint, "converge-events")
-    processed: list[BatchStats] = []
-
-    def handle(batch: DataFrame, batch_id: int) -> None:
-        processed.append(process_event_batch(batch, batch_id, cfg, app_id))
-
-    source = io.read_text_stream(
-        spark, cfg.lakehouse.landing / "events", "*.jsonl", cfg.streaming.max_files_per_trigger
-    )
-    writer = (
-        source.writeStream.queryName("converge_events")
-        .option("checkpointLocation", str(checkpoint))
-        .foreachBatch(handle)
-    )
-    writer = (
-        writer.trigger(availableNow=True)
-        if available_now
-        else writer.trigger(processingTime=cfg.streaming.trigger)
-    )
-    query = writer.start()
-    query.awaitTermination(timeout_s)
-    if query.exception() is not None:
-        raise RuntimeError(f"event stream failed: {query.exception()}")
-    return processed
+    result = BatchStats(batch_id, rows, accepted, rows - accepted, inserted, accepted - inserted)
+    if return_events:
+        return result, events
+    events.unpersist()
+    return result

@@ -19,9 +19,14 @@ EMAIL_PATTERN = r"^[a-z0-9._%+'-]+@[a-z0-9.-]+\.[a-z]{2,}$"
 E164_PATTERN = r"^\+[1-9][0-9]{6,14}$"
 
 
+# Unicode whitespace (NBSP and the other separators) and the invisible zero-width marks and BOM that
+# copy-paste and SDKs leave around values; plain trim() removes only ASCII spaces.
+_EDGE_JUNK = r"^[\s\p{Z}\x{200B}-\x{200D}\x{2060}\x{FEFF}]+|[\s\p{Z}\x{200B}-\x{200D}\x{2060}\x{FEFF}]+$"
+
+
 def blank_to_null(col: Column) -> Column:
-    """Trimmed string, or null when empty."""
-    trimmed = F.trim(col)
+    """Trimmed string (Unicode spaces and zero-width marks too), or null when empty."""
+    trimmed = F.regexp_replace(col, _EDGE_JUNK, "")
     return F.when(trimmed == "", None).otherwise(trimmed)
 
 

@@ -8,6 +8,9 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 QUARANTINE_COLUMNS = ["feed", "source_file", "loaded_at", "raw", "reason"]
+BRONZE_CSV_SCHEMA = (
+    "feed string, source_file string, loaded_at timestamp, payload map<string,string>, corrupt_record string"
+)
 
 
 def csv_to_bronze(raw: DataFrame, feed: str, loaded_at: str) -> DataFrame:

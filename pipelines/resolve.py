@@ -137,22 +137,20 @@ def resolve(
     built_at: str | None = None,
 ) -> tuple[IdentityResult, DataFrame, DataFrame]:
     """``(result, observations, edges)``: the whole resolver over customer records and events."""
-    types = identity.identifier_types
     observations = identifier_observations(
-        customers, events, identity.blocklist, {t: c.normalizer for t, c in types.items()}
+        customers, events, identity.blocklist, identity.normalizers
     ).localCheckpoint()
-    priorities = {t: c.priority for t, c in types.items()}
-    edges = all_edges(observations, customers, priorities, identity.probabilistic).localCheckpoint()
+    edges = all_edges(observations, customers, identity.priorities, identity.probabilistic).localCheckpoint()
     result = identity_graph(
         observations,
         edges,
         identity.max_component_size,
-        limits={t: c.max_per_profile for t, c in types.items()},
-        priorities=priorities,
+        limits=identity.limits,
+        priorities=identity.priorities,
         previous=previous,
         registry=registry,
         built_at=built_at or datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"),
-        max_degree={t: c.max_degree for t, c in types.items() if c.max_degree},
+        max_degree=identity.max_degree,
     )
     return result, observations, edges
 

@@ -31,3 +31,15 @@ def cfg(spark, tmp_path) -> Config:
     c = load_config("test", lakehouse=str(tmp_path / "lakehouse"))
     spark.sparkContext.setCheckpointDir(str(c.lakehouse.checkpoints / "spark"))
     return c
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(spark, tmp_path_factory):
+    """A real Kafka 4.1 broker (KRaft, one node) on 127.0.0.1 for the whole session."""
+    from tests.kafka.broker import KafkaBroker
+
+    broker = KafkaBroker(
+        tmp_path_factory.mktemp("kafka"), load_config("test").spark.ivy_dir / "maven"
+    ).start()
+    yield broker
+    broker.stop()

@@ -4,9 +4,7 @@ from datetime import datetime
 
 from pyspark.sql import functions as F
 
-BRONZE_CSV_SCHEMA = (
-    "feed string, source_file string, loaded_at timestamp, payload map<string,string>, corrupt_record string"
-)
+from pipelines.records import BRONZE_CSV_SCHEMA
 
 
 def bronze_csv(spark, rows):
@@ -19,8 +17,10 @@ def bronze_csv(spark, rows):
 
 
 def raw_lines(spark, lines, loaded_at=datetime(2026, 11, 1, 12, 0, 0), source_file="/landing/events/e.jsonl"):
-    return spark.createDataFrame([(v,) for v in lines], "value string").select(
+    rows = [(v, i + 1) for i, v in enumerate(lines)]
+    return spark.createDataFrame(rows, "value string, source_position long").select(
         "value",
         F.lit(source_file).alias("source_file"),
+        "source_position",
         F.lit(loaded_at).cast("timestamp").alias("loaded_at"),
     )

@@ -3,7 +3,7 @@ from datetime import datetime
 
 from chispa import assert_df_equality
 
-from pipelines.events import SILVER_COLUMNS, parse_events, quarantined_events, silver_events
+from pipelines.events import SILVER_COLUMNS, flag_conflicts, parse_events, quarantined_events, silver_events
 from tests.pipelines_tests.helpers import raw_lines
 
 
@@ -29,7 +29,8 @@ def _parse(spark, lines):
 
 def test_each_bad_input_is_rejected_with_its_reason(spark):
     cases = {
-        "invalid_json": ['{"messageId": "x", "type": "track"', "[1, 2]", "42", "not json"],
+        "invalid_json": ['{"messageId": "x", "type": "track"', "not json", "{'single': 'quotes'}"],
+        "not_a_json_object": ["[1, 2]", "42", '"a string"', "null"],
         "event_too_large": [ev(messageId="big", properties={"blob": "x" * 40000})],
         "missing_message_id": [ev(messageId=None)],
         "invalid_type": [ev(messageId="t1", type="purchase")],
@@ -84,3 +85,42 @@ def test_duplicates_in_a_batch_keep_one_copy(spark):
     assert out.columns == SILVER_COLUMNS
     expected = spark.createDataFrame([("m1",), ("m2",)], "message_id string")
     assert_df_equality(out.select("message_id"), expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_awkward_input_is_repaired_by_documented_rules(spark):
+    nbsp_user = "\u00a0u-7\u200b"  # a non-breaking space before, a zero-width space after
+    lines = {
+        "bom": "\ufeff" + ev(messageId="bom"),
+        "numbers": json.dumps(
+            {"messageId": 12345, "type": "identify", "userId": 987, "timestamp": 1790000000, "sentAt": None}
+        ),
+        "millis": ev(messageId="ms", timestamp="1790000000123", sentAt=None, receivedAt=None),
+        "unicode": ev(messageId="uni", userId=nbsp_user, properties={"name": "Zoë 🚀 \u202e"}),
+        "price_string": ev(messageId="ps", properties={"price": "19.99"}),
+    }
+    rows = {r.message_id: r for r in _parse(spark, list(lines.values())).collect()}
+    assert all(r._reject_reason is None for r in rows.values()), {
+        k: r._reject_reason for k, r in rows.items()
+    }
+    assert set(rows) == {"bom", "12345", "ms", "uni", "ps"}
+    assert rows["12345"].user_id == "987"  # ids sent as numbers are their decimal text
+    assert rows["12345"].client_timestamp == datetime(2026, 9, 21, 14, 13, 20)  # epoch seconds
+    assert rows["ms"].client_timestamp == datetime(2026, 9, 21, 14, 13, 20, 123000)  # epoch millis
+    assert rows["uni"].user_id == "u-7"
+    assert json.loads(rows["uni"].properties)["name"] == "Zoë 🚀 \u202e"  # payload text kept as sent
+    assert json.loads(rows["ps"].properties) == {"price": "19.99"}
+
+
+def test_a_reused_message_id_with_other_content_is_a_conflict(spark):
+    retry = ev(messageId="r1", sentAt="2026-10-01T10:00:09.000Z")  # a retry: only sentAt differs
+    lines = [ev(messageId="r1"), retry, ev(messageId="r1", event="Order Completed"), ev(messageId="r2")]
+    parsed = flag_conflicts(_parse(spark, lines))
+    got = [(r.value, r._reject_reason) for r in parsed.orderBy("source_position").collect()]
+    assert [reason for _, reason in got] == [None, None, "message_id_conflict", None]
+    # against what silver already holds: the stored content wins, even when a batch agrees with itself
+    known = silver_events(parsed).filter("message_id = 'r2'")
+    later = flag_conflicts(
+        _parse(spark, [ev(messageId="r2", event="Other"), ev(messageId="r2", event="Other")]), known
+    )
+    assert [r._reject_reason for r in later.collect()] == ["message_id_conflict"] * 2
+    assert quarantined_events(later).first().reason == "message_id_conflict"

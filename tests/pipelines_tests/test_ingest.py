@@ -3,7 +3,8 @@ import os
 
 from pipelines import io
 from pipelines.demo_data import generate
-from pipelines.ingest import load_csv_feed, process_event_batch, run_event_stream
+from pipelines.ingest import load_csv_feed, process_event_batch
+from pipelines.stream import run_stream
 from tests.pipelines_tests.helpers import raw_lines
 from tests.pipelines_tests.test_events import ev
 
@@ -45,13 +46,15 @@ def test_a_replayed_batch_writes_nothing_twice(spark, cfg):
 
 def test_stream_processes_landed_files_once(spark, cfg):
     generate(60, 5, cfg.lakehouse.landing, events_per_file=200)
-    first = run_event_stream(spark, cfg)
+    first = run_stream(spark, cfg, available_now=True, update_identity=False)
     lines = sum(len(f.read_text().splitlines()) for f in (cfg.lakehouse.landing / "events").glob("*.jsonl"))
     assert sum(b.rows for b in first) == lines and io.read(spark, cfg, "bronze.events").count() == lines
-    assert run_event_stream(spark, cfg) == [], "nothing new landed: no batch"
+    assert run_stream(spark, cfg, available_now=True, update_identity=False) == [], (
+        "nothing new landed: no batch"
+    )
     extra = cfg.lakehouse.landing / "events" / ".late.jsonl.tmp"
     extra.write_text(ev(messageId="late-1") + "\n" + json.dumps({"type": "page"}) + "\n")
     os.replace(extra, cfg.lakehouse.landing / "events" / "late.jsonl")
-    second = run_event_stream(spark, cfg)
+    second = run_stream(spark, cfg, available_now=True, update_identity=False)
     assert [(b.rows, b.inserted, b.quarantined) for b in second] == [(2, 1, 1)]
     assert spark.sql("select count(*) from silver.events where message_id = 'late-1'").first()[0] == 1

@@ -1,0 +1,475 @@
+"""The clickstream stream: landing files or Kafka -> bronze, silver, quarantine, identity and profiles.
+
+One micro-batch, exactly once whatever crashes:
+
+1. bronze.events (append), silver.events (MERGE of unseen messageIds) and quarantine.events (append), each
+   with Delta's transaction id (the checkpoint's app id, the batch id): a replayed batch commits nothing
+   twice (``pipelines.ingest.process_event_batch``).
+2. The events silver holds *from this batch* (same file and position) give new identifier observations;
+   their edges are MERGEd into silver.identity_edges under the same transaction id.
+3. The identity tables and profiles are updated for the components those identifiers touch
+   (``incremental_identity``). Five tables change together and Delta has no multi-table transaction, so
+   the result is computed once into a staging folder under the checkpoint (write-ahead), then applied
+   table by table, each write with the transaction id. A crash during the apply replays the same staged
+   result; a staged result whose input tables someone else changed meanwhile (a full rebuild ran while
+   the stream was down) is computed again.
+
+Identity updates hold an inter-process lock (``identity_lock``) that the full rebuild takes too, so the
+two never interleave. The stream's progress goes to a status file that ``converge stream status`` and
+the Dagster sensor read without Spark.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from delta.tables import DeltaTable
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from pipelines import io
+from pipelines.config import Config
+from pipelines.customers import silver_customers, standardize_customers
+from pipelines.identity import EDGE_KEYS, EDGE_UPSERT_SET, build_edges, identifier_observations, merge_edges
+from pipelines.identity_guards import CUT_EDGE_SCHEMA
+from pipelines.identity_incremental import incremental_identity
+from pipelines.ingest import BatchStats, process_event_batch
+from pipelines.orders import silver_orders, standardize_orders
+from pipelines.profile_ids import MERGES_SCHEMA, REGISTRY_SCHEMA
+from pipelines.profiles import build_profiles
+from pipelines.records import BRONZE_CSV_SCHEMA
+
+QUERY_NAME = "converge_events"
+STATUS_FILE = "converge_status.json"
+GRAPH_SCHEMA = "identifier string, id_type string, id_value string, profile_id string, component_size long"
+OVERSIZED_SCHEMA = "component_id string, component_size long, most_connected_identifiers array<string>"
+# the tables an identity update reads and writes, in the order the staged result is applied
+GOLD_TABLES = [
+    "gold.profile_merges",
+    "gold.profile_ids",
+    "quarantine.identity_edges",
+    "quarantine.identity_components",
+    "gold.identity_graph",
+    "gold.profiles",
+]
+
+
+def checkpoint_dir(cfg: Config) -> Path:
+    """The stream's checkpoint: one per source (offsets of files and of Kafka partitions differ)."""
+    return cfg.lakehouse.checkpoints / (
+        "events_stream" if cfg.streaming.source == "files" else "events_kafka"
+    )
+
+
+def event_source(spark: SparkSession, cfg: Config) -> DataFrame:
+    """The configured clickstream source as lines: value, source_file, source_position, loaded_at."""
+    s = cfg.streaming
+    if s.source == "kafka":
+        k = s.kafka
+        return io.read_kafka_stream(
+            spark, k.bootstrap_servers, k.topic, k.starting_offsets, k.max_offsets_per_trigger, k.options
+        )
+    return io.read_text_stream(spark, cfg.lakehouse.landing / "events", "*.jsonl", s.max_files_per_trigger)
+
+
+@contextmanager
+def file_lock(path: Path, what: str, wait: bool = True) -> Iterator[None]:
+    """An exclusive inter-process lock (flock: released by the kernel when the holder dies)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            fh.seek(0)
+            raise RuntimeError(
+                f"{what} is already running ({fh.read().strip() or 'another process'})"
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()}")
+        fh.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def identity_lock(cfg: Config):
+    """Held by every writer of the identity tables (a stream's batch, the full rebuild)."""
+    return file_lock(cfg.lakehouse.root / "_locks" / "identity.lock", "an identity update")
+
+
+@dataclass
+class IdentityStats:
+    new_events: int = 0
+    touched_identifiers: int = 0
+    profiles_written: int = 0
+    replayed_staging: bool = False
+    seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per step, for `stream status`
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        t0 = time.time()
+        try:
+            yield
+        finally:
+            self.phases[name] = round(self.phases.get(name, 0.0) + time.time() - t0, 2)
+
+
+def _versions(spark: SparkSession, cfg: Config) -> dict[str, int]:
+    return {t: io.version(spark, cfg, t) if io.exists(spark, cfg, t) else -1 for t in GOLD_TABLES}
+
+
+def _ensure_identity_tables(spark: SparkSession, cfg: Config) -> None:
+    for name, schema in (
+        ("gold.identity_graph", GRAPH_SCHEMA),
+        ("gold.profile_ids", REGISTRY_SCHEMA),
+        ("gold.profile_merges", MERGES_SCHEMA),
+        ("quarantine.identity_edges", CUT_EDGE_SCHEMA),
+        ("quarantine.identity_components", OVERSIZED_SCHEMA),
+    ):
+        if not io.exists(spark, cfg, name):
+            io.ensure(spark, cfg, name, spark.createDataFrame([], schema).schema)
+
+
+def _stage_identity(
+    spark: SparkSession, cfg: Config, new_events: DataFrame, stage: Path, built_at: str, stats: IdentityStats
+) -> None:
+    """Compute the identity update of ``new_events`` and write it to ``stage`` (complete when _COMPLETE)."""
+    shutil.rmtree(stage, ignore_errors=True)
+    base = _versions(spark, cfg)
+    silver = io.read(spark, cfg, "silver.events")
+    with stats.phase("observe"):
+        obs = identifier_observations(
+            None, new_events, cfg.identity.blocklist, cfg.identity.normalizers, known_events=silver
+        ).localCheckpoint()
+    with stats.phase("components"):
+        result = incremental_identity(
+            obs,
+            io.read(spark, cfg, "silver.identity_edges"),
+            io.read(spark, cfg, "gold.identity_graph"),
+            io.read(spark, cfg, "quarantine.identity_edges"),
+            io.read(spark, cfg, "quarantine.identity_components"),
+            io.read(spark, cfg, "gold.profile_ids"),
+            cfg.identity,
+            built_at,
+        )
+    assert result.touched is not None
+    with stats.phase("components"):
+        touched = result.touched.withColumnRenamed("id", "identifier").localCheckpoint()
+        graph = result.graph.localCheckpoint()
+    new_rows = graph.join(touched, "identifier", "left_semi")
+    graph_delta = _upserts_and_deletes(
+        new_rows, touched.join(new_rows, "identifier", "left_anti"), "identifier"
+    )
+    previous = io.read(spark, cfg, "gold.identity_graph")
+    rebuilt = new_rows.select("profile_id").distinct()
+    gone = (
+        previous.join(touched, "identifier", "left_semi")
+        .select("profile_id")
+        .distinct()
+        .join(rebuilt, "profile_id", "left_anti")
+    )
+    out = {
+        "graph_delta": graph_delta,
+        "registry": result.registry,
+        "changes": result.changes,
+        "cut": result.cut_edges,
+        "oversized": result.oversized,
+    }
+    profiles = build_profiles(
+        graph.join(rebuilt, "profile_id", "left_semi"),
+        _silver_or_empty(spark, cfg, "silver.customers"),
+        _silver_or_empty(spark, cfg, "silver.orders"),
+        silver,
+        cfg.sources.priority,
+    )
+    out["profiles_delta"] = _upserts_and_deletes(profiles, gone, "profile_id")
+    for name, df in out.items():
+        with stats.phase(f"stage_{name}"):
+            df.write.mode("overwrite").parquet(str(stage / name))
+    stats.touched_identifiers = spark.read.parquet(str(stage / "graph_delta")).count()
+    (stage / "base_versions.json").write_text(json.dumps(base))
+    (stage / "_COMPLETE").write_text(built_at)
+
+
+def _upserts_and_deletes(rows: DataFrame, deleted_keys: DataFrame, key: str) -> DataFrame:
+    """``rows`` to upsert and the ``key`` values to delete, as one MERGE source with a ``_delete`` flag."""
+    deletes = deleted_keys.select(
+        *[
+            F.col(key) if c == key else F.lit(None).cast(rows.schema[c].dataType).alias(c)
+            for c in rows.columns
+        ],
+        F.lit(True).alias("_delete"),
+    )
+    return rows.withColumn("_delete", F.lit(False)).unionByName(deletes)
+
+
+def _silver_or_empty(spark: SparkSession, cfg: Config, name: str) -> DataFrame:
+    """A silver batch table, or an empty frame of its shape when no batch load has run yet (a lakehouse
+    fed by the stream alone still gets profiles)."""
+    if io.exists(spark, cfg, name):
+        return io.read(spark, cfg, name)
+    bronze = spark.createDataFrame([], BRONZE_CSV_SCHEMA)
+    if name == "silver.customers":
+        std = standardize_customers(
+            bronze, cfg.sources.systems, cfg.sources.country_aliases, cfg.sources.default_phone_region
+        )
+        return silver_customers(std)
+    return silver_orders(standardize_orders(bronze, list(cfg.sources.systems)))
+
+
+def _apply_identity(spark: SparkSession, cfg: Config, stage: Path, app_id: str, batch_id: int) -> int:
+    """Write a staged identity update, each table with the batch's transaction id. Returns profiles written."""
+
+    def staged(name: str) -> DataFrame:
+        return spark.read.parquet(str(stage / name))
+
+    io.append(staged("changes"), cfg, "gold.profile_merges", app_id, batch_id)
+    io.overwrite(staged("registry"), cfg, "gold.profile_ids", app_id, batch_id)
+    io.overwrite(staged("cut"), cfg, "quarantine.identity_edges", app_id, batch_id)
+    io.overwrite(staged("oversized"), cfg, "quarantine.identity_components", app_id, batch_id)
+    io.merge_upsert(
+        staged("graph_delta"), cfg, "gold.identity_graph", ["identifier"], None, app_id, batch_id, "_delete"
+    )
+    profiles = staged("profiles_delta")
+    if not io.exists(spark, cfg, "gold.profiles"):
+        io.overwrite(
+            profiles.filter(~F.col("_delete")).drop("_delete"), cfg, "gold.profiles", app_id, batch_id
+        )
+        return int(profiles.count())
+    return io.merge_upsert(profiles, cfg, "gold.profiles", ["profile_id"], None, app_id, batch_id, "_delete")
+
+
+def _staging_is_current(spark: SparkSession, cfg: Config, stage: Path, app_id: str, batch_id: int) -> bool:
+    """A staged update still applies if every table is as it was read, or its last commit is ours."""
+    base = json.loads((stage / "base_versions.json").read_text())
+    ours = f"{app_id}:{batch_id}"
+    for table, version in base.items():
+        if not io.exists(spark, cfg, table):
+            continue
+        if io.version(spark, cfg, table) == version:
+            continue
+        last = DeltaTable.forPath(spark, io.path_of(cfg, table)).history(1).select("userMetadata").first()
+        if not last or last[0] != ours:
+            return False
+    return True
+
+
+def update_identity_for_batch(
+    spark: SparkSession, cfg: Config, batch_events: DataFrame, app_id: str, batch_id: int
+) -> IdentityStats:
+    """Steps 2 and 3 of the module docstring for one micro-batch's accepted, deduplicated events."""
+    t0 = time.time()
+    stats = IdentityStats()
+    stage = checkpoint_dir(cfg) / "identity_staging" / str(batch_id)
+    with identity_lock(cfg):
+        _ensure_identity_tables(spark, cfg)
+        silver = io.read(spark, cfg, "silver.events")
+        keys = ["message_id", "_source_file", "_source_position"]
+        with stats.phase("new_events"):
+            new_events = silver.join(batch_events.select(*keys), keys, "left_semi").localCheckpoint()
+            n_new = new_events.count()
+        with stats.phase("edges"):
+            obs = identifier_observations(
+                None, new_events, cfg.identity.blocklist, cfg.identity.normalizers, known_events=silver
+            )
+            edges = merge_edges(build_edges(obs, cfg.identity.priorities))
+            io.ensure(spark, cfg, "silver.identity_edges", edges.schema)
+            io.merge_upsert(edges, cfg, "silver.identity_edges", EDGE_KEYS, EDGE_UPSERT_SET, app_id, batch_id)
+        stats.replayed_staging = (stage / "_COMPLETE").exists() and _staging_is_current(
+            spark, cfg, stage, app_id, batch_id
+        )
+        if not stats.replayed_staging:
+            built_at = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
+            _stage_identity(spark, cfg, new_events, stage, built_at, stats)
+        spark.conf.set("spark.databricks.delta.commitInfo.userMetadata", f"{app_id}:{batch_id}")
+        try:
+            with stats.phase("apply"):
+                stats.profiles_written = _apply_identity(spark, cfg, stage, app_id, batch_id)
+        finally:
+            spark.conf.unset("spark.databricks.delta.commitInfo.userMetadata")
+    # earlier batches' staging is no longer needed once this batch's is applied
+    for old in stage.parent.iterdir():
+        if old.name.isdigit() and int(old.name) < batch_id:
+            shutil.rmtree(old, ignore_errors=True)
+    stats.new_events, stats.seconds = n_new, round(time.time() - t0, 2)
+    return stats
+
+
+@dataclass
+class StreamStatus:
+    """What ``converge stream status`` shows; written after every micro-batch, read without Spark."""
+
+    source: str
+    query: str
+    pid: int
+    state: str = "starting"
+    started_at: str = ""
+    updated_at: str = ""
+    batches: list[dict] = field(default_factory=list)  # the last ones: Spark's progress + Converge's stats
+    error: str | None = None
+
+    def write(self, path: Path) -> None:
+        self.updated_at = datetime.now(UTC).isoformat(timespec="seconds")
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(json.dumps(asdict(self), indent=1, default=str))
+        tmp.replace(path)
+
+
+def _progress_row(progress: dict, stats: BatchStats | None, ident: IdentityStats | None) -> dict:
+    sources = progress.get("sources") or [{}]
+    metrics = sources[0].get("metrics") or {}
+    duration_ms = (progress.get("durationMs") or {}).get("triggerExecution")
+    # Spark counts source rows: whole files for the file source; Converge's own count is lines (events)
+    rows = stats.rows if stats is not None else progress.get("numInputRows")
+    row = {
+        "batch_id": progress.get("batchId"),
+        "timestamp": progress.get("timestamp"),
+        "input_rows": rows,
+        "processed_rows_per_second": round(rows * 1000 / duration_ms, 1) if rows and duration_ms else 0.0,
+        "batch_duration_ms": duration_ms,
+        "kafka_offsets_behind_latest": metrics.get("maxOffsetsBehindLatest"),
+        "end_offset": sources[0].get("endOffset"),
+    }
+    if stats is not None:
+        row |= {k: v for k, v in stats.as_dict().items() if k != "batch_id"}
+    if ident is not None:
+        row |= {f"identity_{k}": v for k, v in asdict(ident).items()}
+    return row
+
+
+def run_stream(
+    spark: SparkSession,
+    cfg: Config,
+    available_now: bool = False,
+    timeout_s: float | None = None,
+    keep_batches: int = 20,
+    update_identity: bool | None = None,
+) -> list[BatchStats]:
+    """Run the clickstream query; ``available_now`` stops when the backlog is done, otherwise it runs until
+    ``timeout_s`` (None: until the process is stopped). ``update_identity`` (default: from conf) updates
+    identity and profiles per batch; a caller that rebuilds them right after turns it off.
+    Returns the stats of the micro-batches it ran."""
+    if update_identity is None:
+        update_identity = cfg.streaming.update_identity
+    checkpoint = checkpoint_dir(cfg)
+    app_id = io.checkpoint_app_id(checkpoint, "converge-events")
+    status = StreamStatus(source=cfg.streaming.source, query=QUERY_NAME, pid=os.getpid())
+    status.started_at = datetime.now(UTC).isoformat(timespec="seconds")
+    status_path = checkpoint / STATUS_FILE
+    processed: list[BatchStats] = []
+    identity: dict[int, IdentityStats] = {}
+
+    def handle(batch: DataFrame, batch_id: int) -> None:
+        stats, events = process_event_batch(batch, batch_id, cfg, app_id, return_events=True)
+        try:
+            if update_identity and stats.accepted:
+                identity[batch_id] = update_identity_for_batch(spark, cfg, events, app_id, batch_id)
+        finally:
+            events.unpersist()
+        processed.append(stats)
+
+    with file_lock(
+        checkpoint.parent / f"{checkpoint.name}.lock", f"the {cfg.streaming.source} stream", wait=False
+    ):
+        writer = (
+            event_source(spark, cfg)
+            .writeStream.queryName(QUERY_NAME)
+            .option("checkpointLocation", str(checkpoint))
+            .foreachBatch(handle)
+        )
+        trigger = available_now or cfg.streaming.trigger == "available_now"
+        writer = (
+            writer.trigger(availableNow=True)
+            if trigger
+            else writer.trigger(processingTime=cfg.streaming.trigger)
+        )
+        query = writer.start()
+        status.state = "running"
+        status.write(status_path)
+        deadline = None if timeout_s is None else time.time() + timeout_s
+        seen: set[int] = set()
+        try:
+            while query.isActive:
+                wait = 1.0 if deadline is None else max(0.1, min(1.0, deadline - time.time()))
+                query.awaitTermination(wait)
+                rows = []
+                for p in query.recentProgress:
+                    bid = p.get("batchId")
+                    by_id = {s.batch_id: s for s in processed}
+                    rows.append(_progress_row(p, by_id.get(bid), identity.get(bid)))
+                if rows and {r["batch_id"] for r in rows} - seen:
+                    seen |= {r["batch_id"] for r in rows}
+                    status.batches = rows[-keep_batches:]
+                    status.write(status_path)
+                if deadline is not None and time.time() >= deadline:
+                    query.stop()
+        finally:
+            if query.isActive:
+                query.stop()
+            exc = query.exception()
+            status.state = "failed" if exc else "stopped"
+            status.error = str(exc) if exc else None
+            status.write(status_path)
+    if exc is not None:
+        raise RuntimeError(f"event stream failed: {exc}")
+    return processed
+
+
+def read_status(cfg: Config) -> dict | None:
+    """The last status the stream wrote, with liveness and the file backlog worked out now."""
+    path = checkpoint_dir(cfg) / STATUS_FILE
+    if not path.exists():
+        return None
+    status = json.loads(path.read_text())
+    alive = _pid_alive(int(status["pid"]))
+    if status["state"] == "running" and not alive:
+        status["state"] = "dead (the process is gone; restart `converge stream` to resume)"
+    if cfg.streaming.source == "files":
+        seen = seen_files(checkpoint_dir(cfg))
+        landed = io.landing_files(cfg.lakehouse.landing / "events", "*.jsonl")
+        status["backlog_files"] = sum(1 for f in landed if f not in seen)
+    last = status["batches"][-1] if status["batches"] else None
+    if last and last.get("timestamp"):
+        at = datetime.fromisoformat(last["timestamp"].replace("Z", "+00:00"))
+        status["seconds_since_last_batch"] = round((datetime.now(UTC) - at).total_seconds(), 1)
+    return status
+
+
+def seen_files(checkpoint: Path) -> set[str]:
+    """Files the file source has taken into a batch, from its log in the checkpoint (plain JSON lines)."""
+    log = checkpoint / "sources" / "0"
+    seen: set[str] = set()
+    if not log.is_dir():
+        return seen
+    for f in log.iterdir():
+        if f.name.startswith("."):
+            continue
+        for line in f.read_text(errors="replace").splitlines()[1:]:
+            try:
+                path = json.loads(line)["path"]
+            except (ValueError, KeyError):
+                continue
+            seen.add(io.local_path(path))
+    return seen
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

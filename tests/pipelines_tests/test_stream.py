@@ -1,0 +1,169 @@
+"""The clickstream stream: per-batch identity and profile updates equal a full rebuild; Kafka as a source."""
+
+import json
+from pathlib import Path
+
+import pytest
+from pyspark.sql import functions as F
+
+from pipelines import io
+from pipelines.demo_data import generate
+from pipelines.ingest import parse_configured
+from pipelines.profiles import build_profiles
+from pipelines.reconcile import reconcile
+from pipelines.resolve import resolve
+from pipelines.stream import _silver_or_empty, read_status, run_stream
+from tests.kafka.broker import produce
+from tests.pipelines_tests.test_events import ev
+
+PROFILE_FIELDS = ["first_name", "last_name", "email", "phone", "event_count", "first_seen", "last_seen"]
+
+
+def partition(graph) -> set[frozenset]:
+    """A graph as the set of its profiles' identifier sets (ids may differ between runs; people may not)."""
+    groups: dict[str, set] = {}
+    for r in graph.select("identifier", "profile_id").collect():
+        groups.setdefault(r.profile_id, set()).add(r.identifier)
+    return {frozenset(v) for v in groups.values()}
+
+
+def profiles_by_members(graph, profiles) -> dict[frozenset, tuple]:
+    """Each profile's attributes keyed by its identifier set, so two runs compare without profile ids."""
+    members: dict[str, set] = {}
+    for r in graph.select("identifier", "profile_id").collect():
+        members.setdefault(r.profile_id, set()).add(r.identifier)
+    return {
+        frozenset(members[r.profile_id]): tuple(r[c] for c in PROFILE_FIELDS)
+        for r in profiles.collect()
+        if r.profile_id in members
+    }
+
+
+def full_rebuild(spark, cfg):
+    """What the batch job builds from the same silver: the whole resolver, then every profile."""
+    result, _, _ = resolve(
+        _silver_or_empty(spark, cfg, "silver.customers"), io.read(spark, cfg, "silver.events"), cfg.identity
+    )
+    graph = result.graph.localCheckpoint()
+    profiles = build_profiles(
+        graph,
+        _silver_or_empty(spark, cfg, "silver.customers"),
+        _silver_or_empty(spark, cfg, "silver.orders"),
+        io.read(spark, cfg, "silver.events"),
+        cfg.sources.priority,
+    )
+    return graph, profiles
+
+
+def assert_stream_equals_full_rebuild(spark, cfg):
+    graph, profiles = full_rebuild(spark, cfg)
+    live_graph = io.read(spark, cfg, "gold.identity_graph")
+    assert partition(live_graph) == partition(graph)
+    live = profiles_by_members(live_graph, io.read(spark, cfg, "gold.profiles"))
+    assert live == profiles_by_members(graph, profiles)
+    assert io.read(spark, cfg, "gold.profiles").count() == len(live), "no profile row without its people"
+
+
+def test_stream_batches_keep_identity_and_profiles_equal_to_a_full_rebuild(spark, cfg):
+    cfg.identity.probabilistic = None
+    cfg.streaming.max_files_per_trigger = 1
+    generate(30, 11, cfg.lakehouse.landing, events_per_file=120)
+    bad = ["{broken", ev(messageId="nobody", anonymousId=None), "[1]"]
+    (cfg.lakehouse.landing / "events" / "zz-bad.jsonl").write_text("\n".join(bad) + "\n")
+    files = sorted((cfg.lakehouse.landing / "events").glob("*.jsonl"))
+    assert len(files) >= 2, "several micro-batches"
+    batches = run_stream(spark, cfg, available_now=True)
+    assert len(batches) == len(files)
+    assert_stream_equals_full_rebuild(spark, cfg)
+    status = read_status(cfg)
+    assert status["state"] == "stopped" and status["backlog_files"] == 0
+    rows = status["batches"]
+    assert [r["input_rows"] for r in rows] == [b.rows for b in batches] and rows[-1]["batch_duration_ms"] > 0
+    updated = [r for r in rows if "identity_new_events" in r]  # the all-rejects file updates nothing
+    assert len(updated) == len(rows) - 1 and all(r["identity_touched_identifiers"] > 0 for r in updated)
+    # nothing lost: bronze = silver + quarantine + duplicates, derived again from bronze
+    parsed = parse_configured(io.read(spark, cfg, "bronze.events"), cfg)
+    rec = reconcile(
+        "events",
+        parsed,
+        ["message_id"],
+        io.read(spark, cfg, "silver.events"),
+        io.read(spark, cfg, "quarantine.events"),
+    )
+    assert rec.balanced and rec.quarantined > 0 and rec.duplicates > 0, rec
+    # a quarantined line says where it came from: file and line number
+    q = io.read(spark, cfg, "quarantine.events").first()
+    lines = Path(q.source_file).read_text(encoding="utf-8").split("\n")
+    assert lines[q.source_position - 1] == q.raw
+
+
+@pytest.fixture
+def kafka_cfg(cfg, kafka_broker, request):
+    cfg.identity.probabilistic = None
+    cfg.streaming.source = "kafka"
+    cfg.streaming.kafka.bootstrap_servers = kafka_broker.bootstrap_servers
+    cfg.streaming.kafka.topic = f"events-{request.node.name[-40:].replace('[', '-').replace(']', '')}"
+    return cfg
+
+
+def test_kafka_source_loads_each_message_once_and_says_where_rejects_came_from(spark, kafka_cfg):
+    cfg, topic = kafka_cfg, kafka_cfg.streaming.kafka.topic
+    servers = cfg.streaming.kafka.bootstrap_servers
+    first = [
+        ev(messageId="k1", userId="u1", type="identify", event=None, traits={"email": "ann@example.com"}),
+        ev(messageId="k2", anonymousId="a9", userId="u1"),
+        ev(messageId="k2", anonymousId="a9", userId="u1"),  # a producer retry
+        "{not json",
+        None,  # a tombstone
+    ]
+    produce(spark, servers, topic, first)
+    batches = run_stream(spark, cfg, available_now=True)
+    assert sum(b.rows for b in batches) == 5 and sum(b.inserted for b in batches) == 2
+    q = {r.raw: r for r in io.read(spark, cfg, "quarantine.events").collect()}
+    assert q["{not json"].reason == "invalid_json" and q[None].reason == "invalid_json"
+    assert q["{not json"].source_file.startswith(f"kafka://{topic}/")
+    offsets = {r.source_position for r in io.read(spark, cfg, "bronze.events").collect()}
+    assert len(offsets) >= 3 and min(offsets) == 0  # Kafka offsets, per partition
+    graph = {r.identifier: r.profile_id for r in io.read(spark, cfg, "gold.identity_graph").collect()}
+    assert graph["email:ann@example.com"] == graph["user_id:u1"] == graph["anonymous_id:a9"]
+
+    # a restart reads only what arrived since; a reused messageId with other content is a conflict
+    produce(spark, servers, topic, [ev(messageId="k3", anonymousId="a9"), ev(messageId="k1", event="Other")])
+    again = run_stream(spark, cfg, available_now=True)
+    assert sum(b.rows for b in again) == 2 and sum(b.inserted for b in again) == 1
+    reasons = [r.reason for r in io.read(spark, cfg, "quarantine.events").collect()]
+    assert sorted(reasons) == ["invalid_json", "invalid_json", "message_id_conflict"]
+    assert io.read(spark, cfg, "silver.events").count() == 3
+    assert_stream_equals_full_rebuild(spark, cfg)
+    status = read_status(cfg)
+    assert status["source"] == "kafka" and status["batches"][-1]["kafka_offsets_behind_latest"] in (0, "0")
+    assert json.loads(json.dumps(status))  # plain JSON for `converge stream status --format json`
+
+
+def test_events_only_lakehouse_gets_profiles_from_the_stream(spark, cfg):
+    """No CRM load has run: the stream still builds the graph and profiles (empty silver batch tables)."""
+    cfg.identity.probabilistic = None
+    (cfg.lakehouse.landing / "events").mkdir(parents=True)
+    (cfg.lakehouse.landing / "events" / "a.jsonl").write_text(
+        "\n".join(
+            [
+                ev(
+                    messageId="i1",
+                    type="identify",
+                    event=None,
+                    userId="u5",
+                    traits={"email": "bo@example.com"},
+                ),
+                ev(messageId="t1", userId="u5", anonymousId="d1"),
+                "",
+                ev(messageId="t2", anonymousId="d2"),
+            ]
+        )
+        + "\n"
+    )
+    run_stream(spark, cfg, available_now=True)
+    profiles = io.read(spark, cfg, "gold.profiles")
+    assert profiles.count() == 2
+    assert profiles.filter(F.col("email") == "bo@example.com").first().event_count == 2
+    assert not io.exists(spark, cfg, "silver.customers")
+    assert_stream_equals_full_rebuild(spark, cfg)
