@@ -21,6 +21,10 @@ CUT_EDGE_SCHEMA = (
     "src string, dst string, rule string, source_table string, source_record string, first_seen timestamp, "
     "reason string"
 )
+# Graphs (or violating parts of graphs) up to this many edges are solved on the driver: the same results,
+# and on 2 cores Spark's per-job overhead costs seconds where the driver needs milliseconds. Incremental
+# updates and micro-batches solve small touched subgraphs, so this is their common case.
+LOCAL_MAX_EDGES = 200_000
 _OUT_SCHEMA = (
     "kind string, id string, component string, src string, dst string, rule string, source_table string, "
     "source_record string, first_seen timestamp, reason string"
@@ -166,6 +170,10 @@ def enforce_limits(
         .select("component")
         .distinct()
     )
+    violating = violating.localCheckpoint()
+    spark = components.sparkSession
+    if violating.isEmpty():  # the common case for a micro-batch's subgraph: nothing to solve
+        return components, spark.createDataFrame([], CUT_EDGE_SCHEMA)
     bad_vertices = typed.join(violating, "component")
     # the edges side gets its own grouping column: both sides derive from `typed`, and a cogroup on the
     # same attribute of one lineage is ambiguous to the analyzer
@@ -173,13 +181,22 @@ def enforce_limits(
         bad_vertices.select(F.col("id").alias("src"), F.col("component").alias("edge_component")), "src"
     ).select("edge_component", "src", "dst", "rule", "source_table", "source_record", "first_seen", "score")
 
-    solved = (
-        bad_vertices.select("component", "id", "id_type")
-        .groupBy("component")
-        .cogroup(bad_edges.groupBy("edge_component"))
-        .applyInPandas(lambda vs, es: _solve(vs, es, limits, priorities), schema=_OUT_SCHEMA)
-        .localCheckpoint()  # read twice below (labels, cut edges): solve once
-    )
+    if bad_edges.limit(LOCAL_MAX_EDGES + 1).count() <= LOCAL_MAX_EDGES:
+        # few violating components: solve them on the driver, same _solve, without a Python worker pool
+        vs, es = bad_vertices.select("component", "id", "id_type").toPandas(), bad_edges.toPandas()
+        edges_of = dict(tuple(es.groupby("edge_component")))
+        parts = [
+            _solve(v, edges_of.get(c, es.iloc[0:0]), limits, priorities) for c, v in vs.groupby("component")
+        ]
+        solved = spark.createDataFrame(pd.concat(parts, ignore_index=True), _OUT_SCHEMA).localCheckpoint()
+    else:
+        solved = (
+            bad_vertices.select("component", "id", "id_type")
+            .groupBy("component")
+            .cogroup(bad_edges.groupBy("edge_component"))
+            .applyInPandas(lambda vs, es: _solve(vs, es, limits, priorities), schema=_OUT_SCHEMA)
+            .localCheckpoint()  # read twice below (labels, cut edges): solve once
+        )
     relabelled = solved.filter("kind = 'vertex'").select("id", "component")
     kept = components.join(violating, "component", "left_anti")
     cut = solved.filter("kind = 'cut'").select(*CUT_EDGE_COLUMNS)

@@ -1,6 +1,7 @@
 import random
 from datetime import datetime
 
+import pytest
 from chispa import assert_df_equality
 
 from pipelines.identity import build_edges, connected_components, identifier_observations, identity_graph
@@ -35,7 +36,16 @@ def _union_find(nodes, edges):
     return {n: min(members) for members in comps.values() for n in members}
 
 
-def test_connected_components_match_union_find_on_random_graphs(spark):
+@pytest.fixture(params=["driver", "distributed"])
+def solver(request, monkeypatch):
+    """Run a test with small graphs solved on the driver (the default) and with Spark's distributed path."""
+    if request.param == "distributed":
+        monkeypatch.setattr("pipelines.identity.LOCAL_MAX_EDGES", 0)
+        monkeypatch.setattr("pipelines.identity_guards.LOCAL_MAX_EDGES", 0)
+    return request.param
+
+
+def test_connected_components_match_union_find_on_random_graphs(spark, solver):
     rng = random.Random(7)
     nodes = [f"n{i:04d}" for i in range(300)]
     edges = [(rng.choice(nodes), rng.choice(nodes)) for _ in range(220)]
@@ -125,7 +135,7 @@ def test_profile_ids_are_the_same_on_a_rebuild(spark, cfg):
     assert_df_equality(a, b, ignore_row_order=True)
 
 
-def test_two_user_ids_never_merge_through_a_shared_device(spark, cfg):
+def test_two_user_ids_never_merge_through_a_shared_device(spark, cfg, solver):
     t1, t2 = datetime(2026, 1, 1), datetime(2026, 2, 1)
     events = spark.createDataFrame(
         [
@@ -154,7 +164,7 @@ def test_two_user_ids_never_merge_through_a_shared_device(spark, cfg):
     assert unguarded.select("profile_id").distinct().count() == 1, "without limits the device glues them"
 
 
-def test_guard_keeps_the_stronger_identifier_type(spark):
+def test_guard_keeps_the_stronger_identifier_type(spark, solver):
     """With a limit of 1 email, the email edge of the stronger type (crm record) survives, the weaker is cut."""
     import pandas as pd
 
