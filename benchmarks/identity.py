@@ -235,6 +235,8 @@ def report(rows: list[dict]) -> str:
         f"\n## Identity resolution, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC\n",
         "Machine: " + "; ".join(f"{k} {v}" for k, v in m.items()),
         "",
+        f"Configuration: conf/dev.yaml{' with CONVERGE_OVERRIDES=' + repr(os.environ['CONVERGE_OVERRIDES']) if os.environ.get('CONVERGE_OVERRIDES') else ''}.",
+        "",
         "Hard set (`generate --hard`), seed 42. *full*: a fresh process (JVM start included) resolving everything:"
         " observations, deterministic and Splink edges, guards, components, stable ids, written as Parquet."
         f" *incremental*: the update after the newest {NEW_EVENTS:,} events on the state of a build without them"
@@ -268,8 +270,9 @@ def main() -> None:
     for people in [int(a) for a in sys.argv[1:]]:
         rows.append(bench(people))
         print(json.dumps(rows[-1]), flush=True)
-    with open(REPORT, "a") as fh:
-        fh.write(report(rows))
+        # appended after each size: a later size that fails leaves the earlier ones
+        with open(REPORT, "a") as fh:
+            fh.write(report(rows[-1:]))
 
 
 if __name__ == "__main__":
