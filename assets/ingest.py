@@ -6,6 +6,7 @@ from dagster import (
     AssetExecutionContext,
     AssetKey,
     AssetSpec,
+    Config,
     MaterializeResult,
     asset,
     multi_asset,
@@ -51,6 +52,13 @@ def orders(context: AssetExecutionContext, spark: SparkResource) -> MaterializeR
     return table_result(session, cfg, "bronze.orders", files_loaded=len(files))
 
 
+class ClickstreamConfig(Config):
+    """``update_identity``: each micro-batch also updates the identity graph and profiles of the people it
+    touches (the `events_catch_up` job); off when a full rebuild runs next in the same job."""
+
+    update_identity: bool = False
+
+
 @multi_asset(
     name="clickstream",
     group_name="events",
@@ -80,12 +88,12 @@ def orders(context: AssetExecutionContext, spark: SparkResource) -> MaterializeR
         )
     ],
 )
-def clickstream(context: AssetExecutionContext, spark: SparkResource):
+def clickstream(context: AssetExecutionContext, config: ClickstreamConfig, spark: SparkResource):
     """Structured Streaming (availableNow) over the configured source: each micro-batch appends bronze,
-    MERGEs unseen messageIds into silver and quarantines rejects, idempotently per batch. Identity and
-    profiles are left to the assets downstream (a full rebuild in the same run)."""
+    MERGEs unseen messageIds into silver and quarantines rejects, idempotently per batch; with
+    ``update_identity`` it also updates gold.identity_graph and gold.profiles for the touched people."""
     cfg, session = spark.config(), spark.session()
-    batches = run_stream(session, cfg, available_now=True, update_identity=False)
+    batches = run_stream(session, cfg, available_now=True, update_identity=config.update_identity)
     context.log.info(f"processed {len(batches)} micro-batch(es): {[b.as_dict() for b in batches]}")
     if not io.exists(session, cfg, "bronze.events"):
         raise FileNotFoundError(

@@ -9,6 +9,7 @@ converge explain email:ann@example.com            the profile and the edges that
 converge resolve --input T --config Y --output D  resolve any table of person records -> record id, profile id
 converge stream [--source files|kafka]           the long-running clickstream stream (Ctrl-C stops it)
 converge stream status                            its progress: rows/s, batch duration, backlog
+converge replay --start DAY [--end DAY]           rebuild silver.events for those arrival days from bronze
 converge tables                                   the tables and their row counts
 """
 
@@ -329,6 +330,22 @@ def cmd_stream(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    from datetime import date
+
+    from pipelines.replay import replay_events
+
+    start = date.fromisoformat(args.start)
+    end = date.fromisoformat(args.end) if args.end else None
+    spark, cfg = _spark()
+    batches = replay_events(spark, cfg, start, end)
+    totals = {
+        k: sum(getattr(b, k) for b in batches) for k in ("rows", "inserted", "quarantined", "duplicates")
+    }
+    print(json.dumps({"batches": len(batches), **totals}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="converge", description="Converge: lakehouse-native customer data platform"
@@ -404,6 +421,13 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--timeout", type=float, help="stop after this many seconds (default: run until stopped)")
     st.add_argument("--format", choices=["text", "json"], default="text", help="status output")
     st.set_defaults(fn=cmd_stream)
+
+    rp = sub.add_parser(
+        "replay", help="rebuild silver.events for arrival days [start, end) from bronze (Kappa replay)"
+    )
+    rp.add_argument("--start", required=True, help="first day, YYYY-MM-DD (UTC)")
+    rp.add_argument("--end", help="day after the last one (default: start + 1 day)")
+    rp.set_defaults(fn=cmd_replay)
 
     t = sub.add_parser("tables", help="list tables with row counts")
     t.add_argument("--format", choices=["table", "csv", "json"], default="table")

@@ -4,6 +4,8 @@ from dagster import AssetSelection, Definitions, ScheduleDefinition, define_asse
 
 from assets import checks, gold, ingest, silver
 from assets.resources import SparkResource
+from jobs.automation import events_catch_up, events_every_15_minutes, new_event_files, stream_progress
+from jobs.replay import replay_events
 
 ALL_ASSETS = [
     ingest.crm_customers,
@@ -32,7 +34,8 @@ nightly = ScheduleDefinition(
 defs = Definitions(
     assets=ALL_ASSETS,
     asset_checks=checks.quality_checks,
-    jobs=[converge_all],
-    schedules=[nightly],
+    jobs=[converge_all, events_catch_up, replay_events],
+    schedules=[nightly, events_every_15_minutes],
+    sensors=[new_event_files, stream_progress],
     resources={"spark": SparkResource()},
 )

@@ -63,20 +63,31 @@ def parse_configured(raw: DataFrame, cfg: Config, known: DataFrame | None = None
 
 
 def process_event_batch(
-    batch: DataFrame, batch_id: int, cfg: Config, app_id: str, return_events: bool = False
+    batch: DataFrame,
+    batch_id: int,
+    cfg: Config,
+    app_id: str,
+    return_events: bool = False,
+    to_bronze: bool = True,
 ):
     """One micro-batch: raw lines -> bronze.events, new valid events -> silver.events, rejects -> quarantine.
 
     A messageId silver already holds with other content is a conflict (quarantined), with the same
     content a duplicate. Returns the stats; with ``return_events`` also the batch's accepted events,
-    one per messageId, persisted (the caller unpersists them).
+    one per messageId, persisted (the caller unpersists them). ``to_bronze`` False: the lines come from
+    bronze (a replay) and are not appended again.
     """
     spark = batch.sparkSession
     raw = batch.persist()
     try:
-        io.append(
-            raw.withColumn("batch_id", F.lit(batch_id).cast("long")), cfg, "bronze.events", app_id, batch_id
-        )
+        if to_bronze:
+            io.append(
+                raw.withColumn("batch_id", F.lit(batch_id).cast("long")),
+                cfg,
+                "bronze.events",
+                app_id,
+                batch_id,
+            )
         known = (
             io.read(spark, cfg, "silver.events").select("message_id", "_fingerprint")
             if io.exists(spark, cfg, "silver.events")

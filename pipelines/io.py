@@ -188,6 +188,18 @@ def _merge(
     return retry_on_conflict(run)
 
 
+def delete_where(spark: SparkSession, cfg: Config, name: str, condition: str) -> None:
+    """Delete the rows matching a SQL condition (retried on conflicts)."""
+    if exists(spark, cfg, name):
+        table = DeltaTable.forPath(spark, path_of(cfg, name))
+        retry_on_conflict(lambda: table.delete(condition))
+
+
+def read_stream(spark: SparkSession, cfg: Config, name: str) -> DataFrame:
+    """A table as a streaming source: its current snapshot, then every later commit, in order."""
+    return spark.readStream.format("delta").load(path_of(cfg, name))
+
+
 def source_path(col: F.Column) -> F.Column:
     """A plain filesystem path from Spark's file URI (``file:/a%20b/x.csv`` -> ``/a b/x.csv``)."""
     return F.url_decode(F.regexp_replace(col, r"^file:(//)?", ""))

@@ -436,15 +436,20 @@ def read_status(cfg: Config) -> dict | None:
     alive = _pid_alive(int(status["pid"]))
     if status["state"] == "running" and not alive:
         status["state"] = "dead (the process is gone; restart `converge stream` to resume)"
+    status["alive"] = alive and status["state"] == "running"
     if cfg.streaming.source == "files":
-        seen = seen_files(checkpoint_dir(cfg))
-        landed = io.landing_files(cfg.lakehouse.landing / "events", "*.jsonl")
-        status["backlog_files"] = sum(1 for f in landed if f not in seen)
+        status["backlog_files"] = len(file_backlog(cfg))
     last = status["batches"][-1] if status["batches"] else None
     if last and last.get("timestamp"):
         at = datetime.fromisoformat(last["timestamp"].replace("Z", "+00:00"))
         status["seconds_since_last_batch"] = round((datetime.now(UTC) - at).total_seconds(), 1)
     return status
+
+
+def file_backlog(cfg: Config) -> list[str]:
+    """Landed event files the file stream has not taken into a batch yet (no Spark needed)."""
+    seen = seen_files(checkpoint_dir(cfg))
+    return [f for f in io.landing_files(cfg.lakehouse.landing / "events", "*.jsonl") if f not in seen]
 
 
 def seen_files(checkpoint: Path) -> set[str]:
