@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,14 +37,18 @@ def _tree_rss_kb(pid: int) -> int:
 
 
 def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[float, int, subprocess.CompletedProcess]:
+    """Run ``cmd``, sampling the peak RSS of its process tree. Output goes to temporary files, not pipes:
+    a child that logs more than a pipe holds (Spark's plan dumps) would block on a pipe nobody reads."""
     t0 = time.time()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak = 0
-    while proc.poll() is None:
-        peak = max(peak, _tree_rss_kb(proc.pid))
-        time.sleep(0.2)
-    out, err = proc.communicate()
-    return time.time() - t0, peak, subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, text=True)
+        peak = 0
+        while proc.poll() is None:
+            peak = max(peak, _tree_rss_kb(proc.pid))
+            time.sleep(0.2)
+        out.seek(0)
+        err.seek(0)
+        return time.time() - t0, peak, subprocess.CompletedProcess(cmd, proc.returncode, out.read(), err.read())
 
 
 def bench(people: int) -> dict:
