@@ -65,7 +65,7 @@ def _committed(cfg) -> bool:
 def test_sigkill_at_random_moments_loses_and_doubles_nothing(spark, tmp_path, source, request):
     rng = random.Random(f"sigkill-{source}")
     data = tmp_path / "data"
-    generate(36, 3, data, events_per_file=90)
+    generate(36, 3, data, events_per_file=120)
     files = sorted((data / "events").glob("*.jsonl"))
     lines = [line for f in files for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
     overrides: dict = {
@@ -77,7 +77,7 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(spark, tmp_path, so
         overrides["streaming"]["kafka"] = {
             "bootstrap_servers": broker.bootstrap_servers,
             "topic": "sigkill-events",
-            "max_offsets_per_trigger": 90,
+            "max_offsets_per_trigger": 120,
         }
     lakehouse = tmp_path / "lakehouse"
     cfg = load_config("test", lakehouse=str(lakehouse), overrides=overrides)
@@ -122,7 +122,7 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(spark, tmp_path, so
             return status is not None and status["pid"] == p.pid and status["state"] == "running"
 
         _wait(running, 180, "the stream to start", proc, log)
-        time.sleep(rng.uniform(1, 40))  # somewhere in a batch: bronze, silver, edges, staging or apply
+        time.sleep(rng.uniform(1, 30))  # somewhere in a batch: bronze, silver, edges, staging or apply
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         kills += 1
