@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import csv
 import random
+import re
+import shutil
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -80,10 +82,23 @@ def version(spark: SparkSession, cfg: Config, name: str) -> int:
     return int(history[0]) if history else -1
 
 
+def _clear_uncommitted_creation(cfg: Config, name: str) -> None:
+    """Remove the ``_delta_log`` of a table whose creation never committed (the writer was killed before
+    version 0 landed: only temporary files). Delta would take the folder for a table and fail every later
+    create or write with DELTA_TABLE_NOT_FOUND; with no commit there is no table to lose."""
+    log = Path(path_of(cfg, name)) / "_delta_log"
+    if log.is_dir() and not any(
+        re.fullmatch(r"\d{20}\.(json|checkpoint.*\.parquet)", f.name) for f in log.iterdir()
+    ):
+        shutil.rmtree(log, ignore_errors=True)
+
+
 def ensure(
     spark: SparkSession, cfg: Config, name: str, schema: StructType, properties: dict[str, str] | None = None
 ) -> None:
     """Create the table empty with ``schema`` if it does not exist (a MERGE needs a target)."""
+    if not exists(spark, cfg, name):
+        _clear_uncommitted_creation(cfg, name)
     builder = DeltaTable.createIfNotExists(spark).location(path_of(cfg, name)).addColumns(schema)
     for key, value in (properties or {}).items():
         builder = builder.property(key, value)
@@ -96,6 +111,8 @@ def overwrite(
 ) -> None:
     """Replace a derived table's content (its history stays for time travel); with ``txn_app_id`` and
     ``txn_version`` a retried write of the same version is skipped."""
+    if not exists(df.sparkSession, cfg, name):
+        _clear_uncommitted_creation(cfg, name)
     writer = df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
     if txn_app_id is not None and txn_version is not None:
         writer = writer.option("txnAppId", txn_app_id).option("txnVersion", txn_version)
@@ -107,6 +124,8 @@ def append(
     df: DataFrame, cfg: Config, name: str, txn_app_id: str | None = None, txn_version: int | None = None
 ) -> None:
     """Blind append; with ``txn_app_id``/``txn_version`` a retried write of the same version is skipped."""
+    if not exists(df.sparkSession, cfg, name):
+        _clear_uncommitted_creation(cfg, name)
     writer = df.write.format("delta").mode("append")
     if txn_app_id is not None and txn_version is not None:
         writer = writer.option("txnAppId", txn_app_id).option("txnVersion", txn_version)
@@ -186,6 +205,15 @@ def _merge(
             spark.conf.unset("spark.databricks.delta.write.txnVersion")
 
     return retry_on_conflict(run)
+
+
+def write_staged(df: DataFrame, path: Path) -> None:
+    """Write an intermediate result as Parquet outside the table registry (a stream's staged update)."""
+    df.write.mode("overwrite").parquet(str(path))
+
+
+def read_staged(spark: SparkSession, path: Path) -> DataFrame:
+    return spark.read.parquet(str(path))
 
 
 def delete_where(spark: SparkSession, cfg: Config, name: str, condition: str) -> None:

@@ -197,8 +197,8 @@ def _stage_identity(
     out["profiles_delta"] = _upserts_and_deletes(profiles, gone, "profile_id")
     for name, df in out.items():
         with stats.phase(f"stage_{name}"):
-            df.write.mode("overwrite").parquet(str(stage / name))
-    stats.touched_identifiers = spark.read.parquet(str(stage / "graph_delta")).count()
+            io.write_staged(df, stage / name)
+    stats.touched_identifiers = io.read_staged(spark, stage / "graph_delta").count()
     (stage / "base_versions.json").write_text(json.dumps(base))
     (stage / "_COMPLETE").write_text(built_at)
 
@@ -233,7 +233,7 @@ def _apply_identity(spark: SparkSession, cfg: Config, stage: Path, app_id: str, 
     """Write a staged identity update, each table with the batch's transaction id. Returns profiles written."""
 
     def staged(name: str) -> DataFrame:
-        return spark.read.parquet(str(stage / name))
+        return io.read_staged(spark, stage / name)
 
     io.append(staged("changes"), cfg, "gold.profile_merges", app_id, batch_id)
     io.overwrite(staged("registry"), cfg, "gold.profile_ids", app_id, batch_id)

@@ -43,3 +43,21 @@ def kafka_broker(spark, tmp_path_factory):
     ).start()
     yield broker
     broker.stop()
+
+
+@pytest.fixture
+def report(request):
+    """Write a line to the terminal even when the test passes (counts a test is meant to show in CI)."""
+    terminal = request.config.pluginmanager.getplugin("terminalreporter")
+    capture = request.config.pluginmanager.getplugin("capturemanager")
+
+    def write(message: str) -> None:
+        line = f"[{request.node.name}] {message}"
+        if terminal is None or capture is None:
+            print(line)
+            return
+        with capture.global_and_fixture_disabled():  # past pytest's capture, onto the CI log
+            terminal.write_line("")
+            terminal.write_line(line)
+
+    return write

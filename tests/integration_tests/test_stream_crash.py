@@ -62,7 +62,7 @@ def _committed(cfg) -> bool:
 
 
 @pytest.mark.parametrize("source", ["files", "kafka"])
-def test_sigkill_at_random_moments_loses_and_doubles_nothing(spark, tmp_path, source, request):
+def test_sigkill_at_random_moments_loses_and_doubles_nothing(spark, tmp_path, source, request, report):
     rng = random.Random(f"sigkill-{source}")
     data = tmp_path / "data"
     generate(36, 3, data, events_per_file=120)
@@ -189,4 +189,8 @@ def test_sigkill_at_random_moments_loses_and_doubles_nothing(spark, tmp_path, so
         clean_graph, io.read(spark, clean, "gold.profiles")
     )
     assert io.read(spark, cfg, "gold.profiles").count() == io.read(spark, clean, "gold.profiles").count()
-    print(f"\n{source}: {kills} SIGKILLs, {len(lines)} lines, {len(valid)} events, log {log}")
+    report(
+        f"{source}: {kills} SIGKILLs, {len(lines)} lines sent = bronze {bronze.count()}; silver {silver.count()} "
+        f"(= distinct valid messageIds); quarantined {rejected}; duplicates {rec.duplicates}; "
+        f"{io.read(spark, cfg, 'gold.profiles').count()} profiles = the clean run's"
+    )

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from pipelines import io
@@ -67,3 +69,17 @@ def test_concurrent_merges_on_one_table_both_land(spark, cfg):
         t.join()
     assert errors == []
     assert io.read(spark, cfg, "silver.orders").count() == 151
+
+
+def test_a_table_creation_killed_before_its_first_commit_is_created_again(spark, cfg):
+    """SIGKILL during a table's creation leaves a _delta_log holding only a temporary file; Delta would take
+    it for a table and fail every later write. The next create or append starts it afresh."""
+    for name in ("gold.profile_merges", "bronze.events"):
+        log = Path(io.path_of(cfg, name)) / "_delta_log"
+        log.mkdir(parents=True)
+        (log / ".00000000000000000000.json.4f0c.tmp").write_text("{}")
+        assert not io.exists(spark, cfg, name)
+    io.ensure(spark, cfg, "gold.profile_merges", spark.createDataFrame([], "x string").schema)
+    assert io.read(spark, cfg, "gold.profile_merges").count() == 0
+    io.append(spark.createDataFrame([("a",)], "value string"), cfg, "bronze.events", "app", 0)
+    assert io.read(spark, cfg, "bronze.events").count() == 1

@@ -27,7 +27,7 @@ def _parse(spark, lines):
     return parse_events(raw_lines(spark, lines), 32768, "2000-01-01T00:00:00Z", 86400)
 
 
-def test_each_bad_input_is_rejected_with_its_reason(spark):
+def test_each_bad_input_is_rejected_with_its_reason(spark, report):
     cases = {
         "invalid_json": ['{"messageId": "x", "type": "track"', "not json", "{'single': 'quotes'}"],
         "not_a_json_object": ["[1, 2]", "42", '"a string"', "null"],
@@ -53,6 +53,10 @@ def test_each_bad_input_is_rejected_with_its_reason(spark):
     q = quarantined_events(parsed)
     assert q.count() == len(lines) - 1
     assert {r.raw for r in q.collect()} == set(lines) - {ev(messageId="ok")}
+    by_reason = {r.reason: r["count"] for r in q.groupBy("reason").count().collect()}
+    report(
+        f"{len(lines)} lines: 1 accepted, {q.count()} quarantined by reason {dict(sorted(by_reason.items()))}"
+    )
 
 
 def test_event_time_corrects_client_clock_and_falls_back(spark):
