@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
-.PHONY: install demo test ui check lint format bench bench-identity lock clean
+.PHONY: install demo test ui check lint format bench bench-streaming bench-identity lock clean
 
 $(BIN)/.installed: requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,9 +35,13 @@ format: install
 	$(BIN)/ruff format pipelines assets jobs tests benchmarks
 	$(BIN)/ruff check --fix pipelines assets jobs tests benchmarks
 
-bench: install  ## pipeline and identity benchmarks -> docs/benchmarks.md
+bench: install  ## pipeline, streaming and identity benchmarks -> docs/benchmarks.md
 	$(BIN)/python -m benchmarks.pipeline $${BENCH_PEOPLE:-10000 100000}
+	$(BIN)/python -m benchmarks.streaming --events $${BENCH_STREAM_EVENTS:-200000}
 	$(BIN)/python -m benchmarks.identity $${BENCH_IDENTITY_PEOPLE:-100000 1000000}
+
+bench-streaming: install  ## streaming: events/s vs a plain JSON->Parquet copy (files, Kafka), latency at 1,000 events/s, SIGKILL run
+	$(BIN)/python -m benchmarks.streaming --events $${BENCH_STREAM_EVENTS:-200000}
 
 bench-identity: install  ## identity resolution: full rebuild, incremental, Splink DuckDB reference at 100k and 1M people
 	$(BIN)/python -m benchmarks.identity $${BENCH_IDENTITY_PEOPLE:-100000 1000000}

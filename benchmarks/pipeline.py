@@ -48,7 +48,11 @@ def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[float, int, subpr
             time.sleep(0.2)
         out.seek(0)
         err.seek(0)
-        return time.time() - t0, peak, subprocess.CompletedProcess(cmd, proc.returncode, out.read(), err.read())
+        return (
+            time.time() - t0,
+            peak,
+            subprocess.CompletedProcess(cmd, proc.returncode, out.read(), err.read()),
+        )
 
 
 def bench(people: int) -> dict:

@@ -77,9 +77,23 @@ def read(spark: SparkSession, cfg: Config, name: str) -> DataFrame:
     return spark.read.format("delta").load(path_of(cfg, name))
 
 
+def commits(spark: SparkSession, cfg: Config, name: str, limit: int | None = None) -> list[dict]:
+    """The table's commits, newest first: version, timestamp (epoch ms) and userMetadata (who wrote it)."""
+    table = DeltaTable.forPath(spark, path_of(cfg, name))
+    history = table.history(limit) if limit else table.history()
+    return [
+        {
+            "version": int(r.version),
+            "timestamp_ms": int(r.timestamp.timestamp() * 1000),
+            "user_metadata": r.userMetadata,
+        }
+        for r in history.select("version", "timestamp", "userMetadata").collect()
+    ]
+
+
 def version(spark: SparkSession, cfg: Config, name: str) -> int:
-    history = DeltaTable.forPath(spark, path_of(cfg, name)).history(1).select("version").first()
-    return int(history[0]) if history else -1
+    last = commits(spark, cfg, name, limit=1)
+    return last[0]["version"] if last else -1
 
 
 def _clear_uncommitted_creation(cfg: Config, name: str) -> None:

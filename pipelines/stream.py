@@ -32,7 +32,6 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -143,16 +142,13 @@ def _ensure_identity_tables(spark: SparkSession, cfg: Config) -> None:
 
 
 def _stage_identity(
-    spark: SparkSession, cfg: Config, new_events: DataFrame, stage: Path, built_at: str, stats: IdentityStats
+    spark: SparkSession, cfg: Config, obs: DataFrame, stage: Path, built_at: str, stats: IdentityStats
 ) -> None:
-    """Compute the identity update of ``new_events`` and write it to ``stage`` (complete when _COMPLETE)."""
+    """Compute the identity update of the new events' identifier observations ``obs`` and write it to
+    ``stage`` (complete when _COMPLETE)."""
     shutil.rmtree(stage, ignore_errors=True)
     base = _versions(spark, cfg)
     silver = io.read(spark, cfg, "silver.events")
-    with stats.phase("observe"):
-        obs = identifier_observations(
-            None, new_events, cfg.identity.blocklist, cfg.identity.normalizers, known_events=silver
-        ).localCheckpoint()
     with stats.phase("components"):
         result = incremental_identity(
             obs,
@@ -225,8 +221,11 @@ def _silver_or_empty(spark: SparkSession, cfg: Config, name: str) -> DataFrame:
         std = standardize_customers(
             bronze, cfg.sources.systems, cfg.sources.country_aliases, cfg.sources.default_phone_region
         )
-        return silver_customers(std)
-    return silver_orders(standardize_orders(bronze, list(cfg.sources.systems)))
+        shaped = silver_customers(std)
+    else:
+        shaped = silver_orders(standardize_orders(bronze, list(cfg.sources.systems)))
+    # only the shape: executing the standardising plan on no rows still compiles it (slow, huge)
+    return spark.createDataFrame([], shaped.schema)
 
 
 def _apply_identity(spark: SparkSession, cfg: Config, stage: Path, app_id: str, batch_id: int) -> int:
@@ -260,8 +259,8 @@ def _staging_is_current(spark: SparkSession, cfg: Config, stage: Path, app_id: s
             continue
         if io.version(spark, cfg, table) == version:
             continue
-        last = DeltaTable.forPath(spark, io.path_of(cfg, table)).history(1).select("userMetadata").first()
-        if not last or last[0] != ours:
+        last = io.commits(spark, cfg, table, limit=1)
+        if not last or last[0]["user_metadata"] != ours:
             return False
     return True
 
@@ -280,10 +279,11 @@ def update_identity_for_batch(
         with stats.phase("new_events"):
             new_events = silver.join(batch_events.select(*keys), keys, "left_semi").localCheckpoint()
             n_new = new_events.count()
-        with stats.phase("edges"):
+        with stats.phase("observe"):
             obs = identifier_observations(
                 None, new_events, cfg.identity.blocklist, cfg.identity.normalizers, known_events=silver
-            )
+            ).localCheckpoint()
+        with stats.phase("edges"):
             edges = merge_edges(build_edges(obs, cfg.identity.priorities))
             io.ensure(spark, cfg, "silver.identity_edges", edges.schema)
             io.merge_upsert(edges, cfg, "silver.identity_edges", EDGE_KEYS, EDGE_UPSERT_SET, app_id, batch_id)
@@ -292,7 +292,7 @@ def update_identity_for_batch(
         )
         if not stats.replayed_staging:
             built_at = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
-            _stage_identity(spark, cfg, new_events, stage, built_at, stats)
+            _stage_identity(spark, cfg, obs, stage, built_at, stats)
         spark.conf.set("spark.databricks.delta.commitInfo.userMetadata", f"{app_id}:{batch_id}")
         try:
             with stats.phase("apply"):
@@ -454,20 +454,30 @@ def file_backlog(cfg: Config) -> list[str]:
 
 def seen_files(checkpoint: Path) -> set[str]:
     """Files the file source has taken into a batch, from its log in the checkpoint (plain JSON lines)."""
+    return set(files_by_batch(checkpoint))
+
+
+def files_by_batch(checkpoint: Path) -> dict[str, int]:
+    """Each file the file source has taken, with the micro-batch id that took it (the source's log names
+    its entries by batch id; compacted entries list earlier batches' files too, so the lowest id wins)."""
     log = checkpoint / "sources" / "0"
-    seen: set[str] = set()
+    taken: dict[str, int] = {}
     if not log.is_dir():
-        return seen
+        return taken
     for f in log.iterdir():
         if f.name.startswith("."):
             continue
+        batch_id = int(f.name.split(".")[0])
         for line in f.read_text(errors="replace").splitlines()[1:]:
             try:
-                path = json.loads(line)["path"]
+                entry = json.loads(line)
+                path = io.local_path(entry["path"])
             except (ValueError, KeyError):
                 continue
-            seen.add(io.local_path(path))
-    return seen
+            # entries carry the batch that took them (batchId); a compacted file lists many batches
+            bid = int(entry.get("batchId", batch_id))
+            taken[path] = min(bid, taken.get(path, bid))
+    return taken
 
 
 def _pid_alive(pid: int) -> bool:
