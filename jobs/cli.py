@@ -10,6 +10,7 @@ converge resolve --input T --config Y --output D  resolve any table of person re
 converge stream [--source files|kafka]           the long-running clickstream stream (Ctrl-C stops it)
 converge stream status                            its progress: rows/s, batch duration, backlog
 converge replay --start DAY [--end DAY]           rebuild silver.events for those arrival days from bronze
+converge collector [--port P] [--workers N]       Segment's HTTP tracking API: SDKs send here (write keys in conf)
 converge tables                                   the tables and their row counts
 """
 
@@ -429,6 +430,12 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--end", help="day after the last one (default: start + 1 day)")
     rp.set_defaults(fn=cmd_replay)
 
+    co = sub.add_parser("collector", help="Segment-compatible HTTP collector in front of the stream")
+    co.add_argument("--host", help="override collector.host")
+    co.add_argument("--port", type=int, help="override collector.port")
+    co.add_argument("--workers", type=int, help="override collector.workers")
+    co.set_defaults(fn=cmd_collector)
+
     t = sub.add_parser("tables", help="list tables with row counts")
     t.add_argument("--format", choices=["table", "csv", "json"], default="table")
     t.set_defaults(fn=cmd_tables)
@@ -486,6 +493,20 @@ def cmd_resolve(args: argparse.Namespace) -> int:
         )
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_collector(args: argparse.Namespace) -> int:
+    from collector.server import serve
+
+    cfg = load_config()
+    c = cfg.collector
+    print(
+        f"collector on http://{args.host or c.host}:{args.port or c.port} ({args.workers or c.workers} worker(s)); "
+        f"events land in {cfg.lakehouse.landing / 'events'}",
+        flush=True,
+    )
+    serve(cfg, args.host, args.port, args.workers)
     return 0
 
 

@@ -225,6 +225,39 @@ class ProfilesConfig(_Strict):
     preview_rows: int = Field(10, ge=0)
 
 
+class CollectorSourceConfig(_Strict):
+    """One tracking source (an app, a website): its write key and what the collector does for it."""
+
+    write_key: str = Field(min_length=8)
+    enabled: bool = True
+    stamp_ip: bool = True  # fill context.ip from the connection when the client sent none
+    rate_limit_per_s: float = Field(5000, gt=0)  # events per second (token bucket)
+    burst: int = Field(25000, ge=1)
+
+
+class CollectorConfig(_Strict):
+    """`converge collector`: Segment's HTTP tracking API in front of the stream's landing folder or topic."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8088, ge=1, le=65535)
+    workers: int = Field(1, ge=1)
+    sink: Literal["files"] = "files"  # a Kafka sink (acks=all) is not built yet
+    roll_seconds: float = Field(1.0, gt=0)  # a landing file is renamed in at the latest this long after it opened
+    roll_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    max_batch_bytes: int = Field(500 * 1024, ge=1024)  # Segment's limits
+    max_batch_events: int = Field(2500, ge=1)
+    max_body_bytes: int = Field(1024 * 1024, ge=1024)  # decompressed, any request (gzip bombs stop here)
+    body_timeout_s: float = Field(10.0, gt=0)  # a client that stalls mid-body gets 408
+    sources: dict[str, CollectorSourceConfig] = {}
+
+    @model_validator(mode="after")
+    def _unique_keys(self) -> CollectorConfig:
+        keys = [s.write_key for s in self.sources.values()]
+        if len(keys) != len(set(keys)):
+            raise ValueError("collector.sources: two sources share a write key")
+        return self
+
+
 class Config(_Strict):
     env: str = "dev"
     lakehouse: LakehouseConfig
@@ -234,6 +267,7 @@ class Config(_Strict):
     events: EventsConfig = EventsConfig()
     identity: IdentityConfig
     profiles: ProfilesConfig = ProfilesConfig()
+    collector: CollectorConfig = CollectorConfig()
 
     @model_validator(mode="after")
     def _systems_have_identifier_types(self) -> Config:
