@@ -5,8 +5,10 @@ import base64
 import gzip
 import json
 import socket
+import subprocess
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 from segment.analytics.client import Client
 
@@ -208,3 +210,41 @@ def test_bad_input_gets_clear_answers_and_nothing_is_lost(spark, collector, repo
         f"{len(cases) + 2} bad requests answered 4xx with a code; batch of {len(batch)}: 2 accepted, "
         f"{len(quarantine)} quarantined by the stream with the collector's reasons"
     )
+
+
+NODE_CLIENT = Path(__file__).with_name("node")
+
+
+def test_official_node_sdk_events_arrive_in_silver_intact(spark, collector):
+    # @segment/analytics-node from the npm registry, pinned by the committed package-lock.json
+    if not (NODE_CLIENT / "node_modules" / "@segment" / "analytics-node").is_dir():
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund"], cwd=NODE_CLIENT, check=True, timeout=300)
+    out = subprocess.run(
+        ["node", "send.mjs", collector.url, KEYS["server"]],
+        cwd=NODE_CLIENT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["statuses"] and set(result["statuses"]) == {200}
+    sent = {e["messageId"]: e for e in result["sent"]}
+    assert len(sent) == 4
+    silver = {r.message_id: r for r in drain(spark, collector).collect()}
+    assert set(silver) == set(sent)
+    by_type = {r.type: r for r in silver.values()}
+    assert (by_type["identify"].user_id, by_type["identify"].anonymous_id) == ("node-user", "node-anon")
+    assert json.loads(by_type["identify"].traits) == {"email": "Node@Example.com", "plan": "pro"}
+    assert by_type["track"].event == "Signed Up"
+    assert json.loads(by_type["track"].properties) == {"source": "node", "seats": 3}
+    assert json.loads(by_type["page"].properties)["path"] == "/start"
+    assert (by_type["alias"].previous_id, by_type["alias"].user_id) == ("node-anon-2", "node-user")
+    for message_id, event in sent.items():
+        row = silver[message_id]
+        context = json.loads(row.context)
+        assert context["library"]["name"] == "@segment/analytics-node"
+        assert context["converge"] == {"source": "server"}
+        assert row.client_timestamp is not None and row.received_at is not None
+        assert abs(row.event_time.timestamp() - row.client_timestamp.timestamp()) < 5
+        assert event["type"] == row.type
