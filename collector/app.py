@@ -214,18 +214,16 @@ def create_app(cfg: Config) -> Starlette:
                 if isinstance(event, dict):
                     if shared and "context" not in event:
                         event["context"] = dict(shared)
-                    size = len(json.dumps(event, separators=(",", ":")).encode())
-                else:
-                    size = 0
-                problem = event_problem(event, max_event_bytes, size)
+                    stamp(event, name, source, ip, received)
+                # the size rule measures the line as it lands, as the stream does (pipelines/events.py)
+                line = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
+                problem = event_problem(event, max_event_bytes, len(line))
                 if problem and kind not in BATCH_PATHS:
                     raise Rejected(413 if problem[0] == "event_too_large" else 400, *problem)
-                if isinstance(event, dict):
-                    stamp(event, name, source, ip, received)
                 if problem:
                     problems.append({"index": i, "code": problem[0], "message": problem[1]})
                     metrics.rejected(problem[0])
-                lines.append(json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode() + b"\n")
+                lines.append(line + b"\n")
             if lines:
                 try:
                     await sink.write(b"".join(lines))
