@@ -28,7 +28,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from collector.metrics import Metrics
-from collector.sink import FileSink
+from collector.sink import FileSink, KafkaSink
 from pipelines.config import CollectorConfig, CollectorSourceConfig, Config
 
 TYPES = {
@@ -104,7 +104,12 @@ def create_app(cfg: Config) -> Starlette:
     }
     buckets = {name: TokenBucket(s.rate_limit_per_s, s.burst) for name, s in c.sources.items()}
     max_event_bytes = cfg.events.max_event_bytes
-    sink = FileSink(cfg.lakehouse.landing, c.roll_seconds, c.roll_bytes)
+    sink: FileSink | KafkaSink
+    if c.sink == "kafka":
+        k = cfg.streaming.kafka
+        sink = KafkaSink(k.bootstrap_servers, k.topic, k.options)
+    else:
+        sink = FileSink(cfg.lakehouse.landing, c.roll_seconds, c.roll_bytes)
     metrics = Metrics(sink.stats)
 
     async def read_body(request: Request) -> bytes:
@@ -209,7 +214,7 @@ def create_app(cfg: Config) -> Starlette:
                 raise Rejected(
                     429, "rate_limited", f"source {name!r} is over its rate limit", {"Retry-After": retry}
                 )
-            lines, problems = [], []
+            lines, keys, problems = [], [], []
             for i, event in enumerate(events):
                 if isinstance(event, dict):
                     if shared and "context" not in event:
@@ -223,10 +228,13 @@ def create_app(cfg: Config) -> Starlette:
                 if problem:
                     problems.append({"index": i, "code": problem[0], "message": problem[1]})
                     metrics.rejected(problem[0])
-                lines.append(line + b"\n")
+                lines.append(line)
+                # the Kafka message key: the person, so one person's events keep their order
+                who = (event.get("userId") or event.get("anonymousId")) if isinstance(event, dict) else None
+                keys.append(str(who).encode() if who is not None else None)
             if lines:
                 try:
-                    await sink.write(b"".join(lines))
+                    await sink.write(lines, keys)
                 except Exception as exc:  # nothing acknowledged: the client retries
                     raise Rejected(503, "unavailable", f"events could not be written durably: {exc}") from exc
             accepted = len(events) - len(problems)
@@ -265,7 +273,7 @@ def create_app(cfg: Config) -> Starlette:
         )
 
     async def health(request: Request) -> Response:
-        ok = sink._task is not None and not sink._task.done()
+        ok = sink.running
         return JSONResponse({"status": "ok" if ok else "failing"}, status_code=200 if ok else 503)
 
     async def prometheus(request: Request) -> Response:

@@ -10,6 +10,9 @@ acknowledged line was fsync'd) into the landing folder, cutting a torn last line
 written.
 
 Written by hand: no library offers group-committed, fsync-acknowledged JSON-lines files.
+
+``KafkaSink`` is the other choice (``collector.sink: kafka``): each event one message on the stream's topic,
+produced idempotently with ``acks=all``; a request is released when every one of its messages is delivered.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from confluent_kafka import KafkaException, Producer
 
 
 def staging_dir(landing: Path) -> Path:
@@ -82,6 +87,10 @@ class FileSink:
         self._size = 0
         self._seq = 0
 
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
     async def start(self) -> None:
         self.staging.mkdir(parents=True, exist_ok=True)
         self.events.mkdir(parents=True, exist_ok=True)
@@ -95,12 +104,12 @@ class FileSink:
         await asyncio.to_thread(self._flush, b"")
         self._roll()
 
-    async def write(self, data: bytes) -> None:
-        """Return once ``data`` (whole lines) is on disk (written and fsync'd)."""
+    async def write(self, lines: list[bytes], keys: list[bytes | None] | None = None) -> None:
+        """Return once ``lines`` (JSON, no newline) are on disk (written and fsync'd); ``keys`` unused."""
         if self._task is None or self._task.done():
             raise RuntimeError("the landing file writer is not running")
         future = asyncio.get_running_loop().create_future()
-        self._pending.append((data, future))
+        self._pending.append((b"".join(line + b"\n" for line in lines), future))
         self._wake.set()
         await future
 
@@ -152,3 +161,71 @@ class FileSink:
         _fsync_dir(self.events)
         self._fh, self._path = None, None
         self.stats.files += 1
+
+
+class KafkaSink:
+    """Events as messages on the stream's topic (key: userId, else anonymousId), acks=all, idempotent."""
+
+    def __init__(self, bootstrap_servers: str, topic: str, options: dict[str, str]):
+        # the stream's consumer options (kafka.security.protocol, ...) apply to the producer too
+        conf = {k.removeprefix("kafka."): v for k, v in options.items()}
+        conf |= {
+            "bootstrap.servers": bootstrap_servers,
+            "acks": "all",
+            "enable.idempotence": True,
+            "linger.ms": 2,
+        }
+        self.topic, self.producer = topic, Producer(conf)
+        self.stats = SinkStats()
+        self._running = False
+        self._poller: asyncio.Task | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    async def start(self) -> None:
+        self._running = True
+        self._poller = asyncio.create_task(asyncio.to_thread(self._poll))
+
+    def _poll(self) -> None:
+        while self._running:
+            self.producer.poll(0.05)  # delivery callbacks run here
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.producer.flush, 30)
+        self._running = False
+        if self._poller is not None:
+            await self._poller
+
+    async def write(self, lines: list[bytes], keys: list[bytes | None] | None = None) -> None:
+        """Return once every line is acknowledged by all in-sync replicas; ``keys``: message keys."""
+        if not self._running:
+            raise RuntimeError("the Kafka producer is not running")
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        remaining, errors, t0 = len(lines), [], time.perf_counter()
+
+        def delivered(err, _msg) -> None:  # on the poll thread
+            nonlocal remaining
+            if err is not None:
+                errors.append(err)
+            remaining -= 1
+            if remaining == 0:
+                loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+
+        for line, key in zip(lines, keys or [None] * len(lines), strict=True):
+            while True:
+                try:
+                    self.producer.produce(self.topic, line, key, on_delivery=delivered)
+                    break
+                except BufferError:  # the local queue is full: let deliveries drain
+                    await asyncio.sleep(0.005)
+                except KafkaException as exc:
+                    raise RuntimeError(f"kafka produce failed: {exc}") from exc
+        await done
+        if errors:
+            raise RuntimeError(f"kafka did not acknowledge {len(errors)} message(s): {errors[0]}")
+        self.stats.fsync_seconds.append(time.perf_counter() - t0)
+        self.stats.fsyncs += 1
+        self.stats.bytes += sum(len(x) for x in lines)

@@ -241,8 +241,10 @@ class CollectorConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8088, ge=1, le=65535)
     workers: int = Field(1, ge=1)
-    sink: Literal["files"] = "files"  # a Kafka sink (acks=all) is not built yet
-    roll_seconds: float = Field(1.0, gt=0)  # a landing file is renamed in at the latest this long after it opened
+    sink: Literal["files", "kafka"] = "files"  # kafka: streaming.kafka's servers and topic, acks=all
+    roll_seconds: float = Field(
+        1.0, gt=0
+    )  # a landing file is renamed in at the latest this long after it opened
     roll_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     max_batch_bytes: int = Field(500 * 1024, ge=1024)  # Segment's limits
     max_batch_events: int = Field(2500, ge=1)

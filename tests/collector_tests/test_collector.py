@@ -248,3 +248,43 @@ def test_official_node_sdk_events_arrive_in_silver_intact(spark, collector):
         assert row.client_timestamp is not None and row.received_at is not None
         assert abs(row.event_time.timestamp() - row.client_timestamp.timestamp()) < 5
         assert event["type"] == row.type
+
+
+def test_kafka_sink_acknowledges_after_acks_all_and_the_stream_reads_it(spark, tmp_path, kafka_broker):
+    from pipelines.config import load_config
+    from tests.collector_tests.conftest import Running
+
+    topic = "collector-events"
+    cfg = load_config(
+        "test",
+        lakehouse=str(tmp_path / "lakehouse"),
+        overrides={
+            "collector": {"sink": "kafka", "sources": {"web": {"write_key": KEYS["web"]}}},
+            "streaming": {
+                "source": "kafka",
+                "kafka": {"bootstrap_servers": kafka_broker.bootstrap_servers, "topic": topic},
+            },
+        },
+    )
+    running = Running(cfg).start()
+    batch = [
+        {"type": "track", "userId": f"k{i % 3}", "event": "Kafka", "messageId": f"k-{i}"} for i in range(50)
+    ]
+    batch.append({"type": "track", "event": "NoOne", "messageId": "k-bad"})
+    status, body, _ = post(running.url, "/v1/batch", {"batch": batch}, KEYS["web"])
+    assert (
+        status == 200
+        and body["accepted"] == 50
+        and [r["code"] for r in body["rejected"]] == ["missing_identity"]
+    )
+    with urllib.request.urlopen(f"{running.url}/metrics") as resp:
+        assert "converge_collector_fsync_seconds_count" in resp.read().decode()
+    running.stop()
+    run_stream(spark, cfg, available_now=True, update_identity=False)
+    silver = io.read(spark, cfg, "silver.events").collect()
+    assert {r.message_id for r in silver} == {f"k-{i}" for i in range(50)}
+    assert all(r._source_file.startswith(f"kafka://{topic}/") for r in silver)
+    quarantine = io.read(spark, cfg, "quarantine.events").collect()
+    assert [(r.reason, r.source_file.startswith(f"kafka://{topic}/")) for r in quarantine] == [
+        ("missing_identity", True)
+    ]
