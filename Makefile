@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
-.PHONY: install demo test ui check lint format bench bench-streaming bench-identity lock clean
+.PHONY: install demo test ui check lint format bench bench-streaming bench-collector bench-identity lock clean
 
 $(BIN)/.installed: requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,18 +27,22 @@ ui: install  ## Dagster webserver + daemon on 127.0.0.1:3000 with the instance f
 	$(BIN)/dagster dev -h 127.0.0.1 -p 3000 -m jobs.definitions
 
 check: install  ## lint, format check and types
-	$(BIN)/ruff check pipelines assets jobs tests benchmarks
-	$(BIN)/ruff format --check pipelines assets jobs tests benchmarks
+	$(BIN)/ruff check pipelines assets jobs collector tests benchmarks
+	$(BIN)/ruff format --check pipelines assets jobs collector tests benchmarks
 	$(BIN)/mypy
 
 format: install
-	$(BIN)/ruff format pipelines assets jobs tests benchmarks
-	$(BIN)/ruff check --fix pipelines assets jobs tests benchmarks
+	$(BIN)/ruff format pipelines assets jobs collector tests benchmarks
+	$(BIN)/ruff check --fix pipelines assets jobs collector tests benchmarks
 
-bench: install  ## pipeline, streaming and identity benchmarks -> docs/benchmarks.md
+bench: install  ## pipeline, streaming, collector and identity benchmarks -> docs/benchmarks.md
 	$(BIN)/python -m benchmarks.pipeline $${BENCH_PEOPLE:-10000 100000}
 	$(BIN)/python -m benchmarks.streaming --events $${BENCH_STREAM_EVENTS:-200000}
+	$(BIN)/python -m benchmarks.collector
 	$(BIN)/python -m benchmarks.identity $${BENCH_IDENTITY_PEOPLE:-100000 1000000}
+
+bench-collector: install  ## collector: durable events/s and request latency from a Node.js load generator
+	$(BIN)/python -m benchmarks.collector
 
 bench-streaming: install  ## streaming: events/s vs a plain JSON->Parquet copy (files, Kafka), latency at 1,000 events/s, SIGKILL run
 	$(BIN)/python -m benchmarks.streaming --events $${BENCH_STREAM_EVENTS:-200000}
