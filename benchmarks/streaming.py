@@ -220,7 +220,10 @@ def latency(spark, seconds: int) -> dict:
     for path, (at, n) in landed.items():
         per_event += [committed[f"{app_id}:{taken[path]}"] - at] * n
     status = read_status(cfg) or {}
-    batches = [b for b in status.get("batches", []) if b.get("identity_seconds") is not None]
+    live_batches = {taken[p] for p in landed}
+    # one row per live batch (a restarted query reports its last batch again, with no work)
+    by_id = {b["batch_id"]: b for b in status.get("batches", []) if b.get("identity_seconds") is not None}
+    batches = [b for bid, b in sorted(by_id.items()) if bid in live_batches]
     return {
         "events": len(per_event),
         "offered_eps": round(len(per_event) / offered_s),

@@ -99,11 +99,21 @@ def test_analytics_js_style_requests(spark, collector):
         collector.url, "/v1/p", gz, key=KEYS["web"], headers={"Content-Encoding": "gzip"}, raw=True
     )
     assert status == 200
+    # screen and group by their short paths; no messageId: the collector makes one
+    for path, body in (
+        ("/v1/s", {"userId": "u-js", "name": "Settings"}),
+        ("/v1/g", {"userId": "u-js", "groupId": "acme", "traits": {"plan": "team"}}),
+    ):
+        assert post(collector.url, path, body, KEYS["server"])[:2] == (200, {"success": True})
     silver = {r.message_id: r for r in drain(spark, collector).collect()}
-    assert set(silver) == {"js-1", "js-2"}
-    # the connection's address is stamped for the web source (it sent none)
+    generated = {m for m in silver if m.startswith("converge-")}
+    assert set(silver) - generated == {"js-1", "js-2"} and len(generated) == 2
+    # the connection's address is stamped for the web source (it sent none), not for the server source
     assert json.loads(silver["js-1"].context)["ip"] == "127.0.0.1"
-    assert silver["js-1"].event and silver["js-2"].type == "page"
+    assert all("ip" not in json.loads(silver[m].context) for m in generated)
+    assert silver["js-1"].event == "Clicked" and silver["js-2"].type == "page"
+    assert {silver[m].type for m in generated} == {"screen", "group"}
+    assert {silver[m].group_id for m in generated} == {None, "acme"}
 
 
 def _stalled_request(port: int) -> tuple[int, dict]:
