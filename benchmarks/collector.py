@@ -12,48 +12,23 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from benchmarks.machine import machine_details
+from benchmarks.machine import append_report
+from tests.net import free_port, wait_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "benchmarks" / "_runs" / "collector"
-REPORT = ROOT / "docs" / "benchmarks.md"
 KEY = "benchmark-write-key"
 CONVERGE = str(Path(sys.executable).with_name("converge"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait_healthy(port: int, proc: subprocess.Popen, timeout_s: float = 60) -> None:
-    import http.client
-
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit("collector exited during start")
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            conn.request("GET", "/health")
-            if conn.getresponse().status == 200:
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise SystemExit("collector did not become healthy")
 
 
 def run(workers: int, seconds: int, concurrency: int, batch: int) -> dict:
     work = RUNS / f"workers_{workers}"
     shutil.rmtree(work, ignore_errors=True)
-    port = _free_port()
+    port = free_port()
     overrides = {
         "collector": {
             "workers": workers,
@@ -66,7 +41,7 @@ def run(workers: int, seconds: int, concurrency: int, batch: int) -> dict:
     log = open(work.parent / f"collector_{workers}.log", "w")  # noqa: SIM115 - open while it runs
     proc = subprocess.Popen([CONVERGE, "collector"], env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        _wait_healthy(port, proc)
+        wait_healthy(port, proc, 60, work.parent / f"collector_{workers}.log")
         out = subprocess.run(
             [
                 "node",
@@ -94,10 +69,7 @@ def main(seconds: int) -> None:
     results = [run(w, seconds, c, 100) for w, c in ((1, 4), (1, 16), (2, 8), (2, 16))]
     for r in results:
         print(r, flush=True)
-    m = machine_details()
     lines = [
-        f"\n## Collector, {m['date']}",
-        "",
         f"`converge collector` (uvicorn + httptools + uvloop), {seconds} s of POST /v1/batch with 100 events a",
         "request (about 27 KB), 4 to 16 requests in flight over keep-alive loopback connections from a Node.js load",
         "generator on the same 2 cores. A 200 is sent only after the events are written and fsync'd (group",
@@ -111,10 +83,7 @@ def main(seconds: int) -> None:
         f"{r['p99_ms']:.1f} | {r['max_ms']:.1f} | {r['failed']} | {r['landed_lines']:,} |"
         for r in results
     ]
-    lines += ["", "Machine: " + "; ".join(f"{k} {v}" for k, v in m.items()), ""]
-    with open(REPORT, "a") as fh:
-        fh.write("\n".join(lines))
-    print("\n".join(lines))
+    append_report("Collector", lines)
 
 
 if __name__ == "__main__":

@@ -23,8 +23,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from benchmarks.machine import machine_details
-from benchmarks.pipeline import REPORT, RUNS, run_measured
+from benchmarks.machine import REPORT, machine_details
+from benchmarks.pipeline import RUNS, run_measured
 from pipelines.demo_data import generate
 
 NEW_EVENTS = 10_000

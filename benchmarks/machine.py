@@ -1,10 +1,12 @@
-"""Machine details for benchmark reports."""
+"""Machine details for benchmark reports, and the one place that appends a report to docs/benchmarks.md."""
 
 import os
 import platform
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
+
+REPORT = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 
 
 def machine_details() -> dict[str, str]:
@@ -30,3 +32,24 @@ def machine_details() -> dict[str, str]:
         "delta-spark": version("delta-spark"),
         "dagster": version("dagster"),
     }
+
+
+def append_report(title: str, body: list[str]) -> None:
+    """Append ``## title, date`` + ``body`` + the machine line to docs/benchmarks.md, and print it."""
+    m = machine_details()
+    lines = [
+        f"\n## {title}, {m['date']}",
+        "",
+        *body,
+        "",
+        "Machine: " + "; ".join(f"{k} {v}" for k, v in m.items()),
+        "",
+    ]
+    REPORT.parent.mkdir(exist_ok=True)
+    if not REPORT.exists():
+        REPORT.write_text(
+            "# Benchmarks\n\nProduced by `make bench`; newest results last. Machines are shared and noisy: compare within one run.\n"
+        )
+    with open(REPORT, "a") as fh:
+        fh.write("\n".join(lines))
+    print("\n".join(lines))

@@ -14,12 +14,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.machine import machine_details
+from benchmarks.machine import append_report
 from pipelines.demo_data import generate
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "benchmarks" / "_runs"
-REPORT = ROOT / "docs" / "benchmarks.md"
 
 
 def _tree_rss_kb(pid: int) -> int:
@@ -89,11 +88,9 @@ def bench(people: int) -> dict:
 
 def main(sizes: list[int]) -> None:
     results = [bench(n) for n in sizes]
-    m = machine_details()
-    lines = (
+    append_report(
+        "Demo pipeline",
         [
-            f"\n## Demo pipeline, {m['date']}",
-            "",
             "Whole `converge_all` job through Dagster in a fresh process (JVM start included), demo data of N people;",
             "peak memory = resident set of the process tree (Python driver + Spark JVM), sampled every 0.2 s.",
             "",
@@ -104,17 +101,8 @@ def main(sizes: list[int]) -> None:
             f"| {r['people']:,} | {r['events']:,} | {r['profiles']:,} | {r['generate_s']} | {r['pipeline_s']} | {r['peak_rss_gib']} | "
             f"{r['precision']} | {r['recall']} |"
             for r in results
-        ]
-        + ["", "Machine: " + "; ".join(f"{k} {v}" for k, v in m.items()), ""]
+        ],
     )
-    REPORT.parent.mkdir(exist_ok=True)
-    if not REPORT.exists():
-        REPORT.write_text(
-            "# Benchmarks\n\nProduced by `make bench`; newest results last. Machines are shared and noisy: compare within one run.\n"
-        )
-    with open(REPORT, "a") as fh:
-        fh.write("\n".join(lines))
-    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from pyspark.sql import functions as F
 
-from benchmarks.machine import machine_details
+from benchmarks.machine import append_report
 from pipelines import io
 from pipelines.config import load_config
 from pipelines.demo_data import generate
@@ -36,7 +36,6 @@ from tests.kafka.broker import KafkaBroker, produce
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "benchmarks" / "_runs" / "streaming"
-REPORT = ROOT / "docs" / "benchmarks.md"
 EVENTS_PER_PERSON = 7.37  # what the generator writes on average (1M people = 7.37M lines)
 OFFERED_PER_S = 1000
 
@@ -72,17 +71,21 @@ def throughput_files(spark, events: int) -> tuple[dict, object]:
     stream_s = _timed(lambda: run_stream(spark, cfg, available_now=True, update_identity=False))
     copy_2 = _timed(lambda: copy(2))
     silver = io.read(spark, cfg, "silver.events").count()
+    row = _throughput(n, silver, copy_1, copy_2, stream_s) | {"files": len(files)}
+    return row, spark.read.json(paths).schema
+
+
+def _throughput(events: int, silver: int, copy_1: float, copy_2: float, stream_s: float) -> dict:
     baseline = (copy_1 + copy_2) / 2
     return {
-        "events": n,
-        "files": len(files),
+        "events": events,
         "silver": silver,
         "copy_s": [round(copy_1, 1), round(copy_2, 1)],
         "stream_s": round(stream_s, 1),
-        "copy_eps": round(n / baseline),
-        "stream_eps": round(n / stream_s),
+        "copy_eps": round(events / baseline),
+        "stream_eps": round(events / stream_s),
         "ratio": round(baseline / stream_s, 2),
-    }, spark.read.json(paths).schema
+    }
 
 
 def throughput_kafka(spark, events: int, schema) -> dict:
@@ -126,18 +129,7 @@ def throughput_kafka(spark, events: int, schema) -> dict:
         bronze = io.read(spark, cfg, "bronze.events").count()
     finally:
         broker.stop()
-    baseline = (copy_1 + copy_2) / 2
-    n = len(lines)
-    return {
-        "events": n,
-        "bronze": bronze,
-        "silver": silver,
-        "copy_s": [round(copy_1, 1), round(copy_2, 1)],
-        "stream_s": round(stream_s, 1),
-        "copy_eps": round(n / baseline),
-        "stream_eps": round(n / stream_s),
-        "ratio": round(baseline / stream_s, 2),
-    }
+    return _throughput(len(lines), silver, copy_1, copy_2, stream_s) | {"bronze": bronze}
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -275,10 +267,7 @@ def main(events: int, latency_seconds: int, with_crash: bool = True) -> None:
     if not with_crash:
         return
     crashed = crash(spark, events)
-    m = machine_details()
     lines = [
-        f"\n## Streaming, {m['date']}",
-        "",
         "Landing -> silver throughput (identity off: bronze append, silver MERGE deduplicating over all history,",
         "quarantine), against a plain Spark JSON -> Parquet copy of the same input in the same process and run",
         "(copy before and after the stream; baseline = their mean). Ratio = stream events/s / copy events/s (goal >= 0.5).",
@@ -308,13 +297,8 @@ def main(events: int, latency_seconds: int, with_crash: bool = True) -> None:
         f"SIGKILL run ({crashed['lines']:,} events, landing files of 10,000 renamed in every 4 s, 5 kills 5-60 s after",
         f"each start, identity on): {describe(crashed)}. Crash run wall {crashed['crash_run_s']} s (kills and",
         f"restarts included); clean single run over the same files {crashed['clean_run_s']} s.",
-        "",
-        "Machine: " + "; ".join(f"{k} {v}" for k, v in m.items()),
-        "",
     ]
-    with open(REPORT, "a") as fh:
-        fh.write("\n".join(lines))
-    print("\n".join(lines))
+    append_report("Streaming", lines)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,5 @@
 """A real collector (uvicorn, HTTP on 127.0.0.1) per test, writing into the test's own lakehouse."""
 
-import socket
 import threading
 import time
 
@@ -9,6 +8,7 @@ import uvicorn
 
 from collector.app import create_app
 from pipelines.config import load_config
+from tests.net import free_port
 
 KEYS = {
     "web": "web-write-key-1",
@@ -18,16 +18,10 @@ KEYS = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Running:
     def __init__(self, cfg):
         self.cfg = cfg
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(
             create_app(cfg), host="127.0.0.1", port=self.port, log_level="warning", http="httptools"

@@ -7,7 +7,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -19,26 +18,12 @@ import pytest
 from pipelines import io
 from pipelines.config import load_config
 from pipelines.stream import run_stream
+from tests.net import free_port, wait_healthy
 
 CONVERGE = str(Path(sys.executable).with_name("converge"))
 KEY = "crash-test-write-key"
 KILLS = 3
 SENDERS = 4
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _healthy(port: int) -> bool:
-    try:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-        conn.request("GET", "/health")
-        return conn.getresponse().status == 200
-    except OSError:
-        return False
 
 
 def _sender(port: int, prefix: str, stop: threading.Event, sent: set, acked: set, lock: threading.Lock):
@@ -74,7 +59,7 @@ def _sender(port: int, prefix: str, stop: threading.Event, sent: set, acked: set
 def test_sigkill_right_after_acknowledgements_loses_no_acknowledged_event(
     spark, tmp_path, sink, request, report
 ):
-    port = _free_port()
+    port = free_port()
     overrides: dict = {
         # files stay in staging for 60 s: every kill leaves acknowledged events only there
         "collector": {
@@ -107,10 +92,7 @@ def test_sigkill_right_after_acknowledgements_loses_no_acknowledged_event(
             proc = subprocess.Popen(
                 [CONVERGE, "collector"], env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
             )
-        deadline = time.time() + 60
-        while not _healthy(port):
-            assert proc.poll() is None and time.time() < deadline, log.read_text()[-3000:]
-            time.sleep(0.2)
+        wait_healthy(port, proc, 60, log)
         return proc
 
     for round_ in range(KILLS):

@@ -13,21 +13,16 @@ import uuid
 from pathlib import Path
 
 from pipelines.maven import resolve_pom
+from tests.net import free_port
 
 POM = Path(__file__).with_name("broker.pom.xml")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class KafkaBroker:
     def __init__(self, workdir: Path, cache: Path, partitions: int = 2):
         self.workdir, self.partitions = workdir, partitions
         self.classpath = ":".join(resolve_pom(POM, cache))
-        self.port, self.controller_port = _free_port(), _free_port()
+        self.port, self.controller_port = free_port(), free_port()
         self.proc: subprocess.Popen | None = None
 
     @property

@@ -1,0 +1,35 @@
+"""Loopback helpers for tests and benchmarks that start real servers (Kafka, the collector)."""
+
+import http.client
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def healthy(port: int, path: str = "/health") -> bool:
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        conn.request("GET", path)
+        return conn.getresponse().status == 200
+    except OSError:
+        return False
+
+
+def wait_healthy(port: int, proc: subprocess.Popen, timeout_s: float = 60, log: Path | None = None) -> None:
+    """Until GET /health on ``port`` answers 200; a clear error (with the end of ``log``) if ``proc`` exits
+    or time runs out."""
+    deadline = time.time() + timeout_s
+    while not healthy(port):
+        tail = log.read_text()[-3000:] if log is not None and log.exists() else ""
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited ({proc.returncode}) while starting:\n{tail}")
+        if time.time() > deadline:
+            raise RuntimeError(f"server not healthy on port {port} within {timeout_s}s:\n{tail}")
+        time.sleep(0.2)
