@@ -15,6 +15,7 @@ import asyncio
 import base64
 import binascii
 import json
+import logging
 import math
 import time
 import uuid
@@ -46,6 +47,7 @@ TYPES = {
     "a": "alias",
 }
 BATCH_PATHS = {"batch", "b", "import"}
+log = logging.getLogger("converge.collector")
 
 
 class Rejected(Exception):
@@ -72,6 +74,15 @@ class TokenBucket:
             self.tokens -= n
             return 0.0
         return (n - self.tokens) / self.rate if n <= self.burst else math.inf
+
+
+def _encode(event: object) -> bytes:
+    """The landed line. UTF-8 as sent; a lone surrogate (valid in JSON text as an escape, not encodable in
+    UTF-8) keeps its escape instead."""
+    try:
+        return json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return json.dumps(event, separators=(",", ":")).encode()
 
 
 def event_problem(event: object, max_event_bytes: int, size: int) -> tuple[str, str] | None:
@@ -221,7 +232,7 @@ def create_app(cfg: Config) -> Starlette:
                         event["context"] = dict(shared)
                     stamp(event, name, source, ip, received)
                 # the size rule measures the line as it lands, as the stream does (pipelines/events.py)
-                line = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
+                line = _encode(event)
                 problem = event_problem(event, max_event_bytes, len(line))
                 if problem and kind not in BATCH_PATHS:
                     raise Rejected(413 if problem[0] == "event_too_large" else 400, *problem)
@@ -252,6 +263,12 @@ def create_app(cfg: Config) -> Starlette:
         except ClientDisconnect:
             metrics.request(kind, 499)
             return Response(status_code=400)
+        except Exception:  # a bug, not the client's input: logged, answered, and the server keeps serving
+            log.exception("unexpected error on /v1/%s", kind)
+            metrics.request(kind, 500)
+            return Rejected(
+                500, "internal_error", "unexpected error; the events were not accepted"
+            ).response()
 
     async def settings(request: Request) -> Response:
         key = request.path_params["write_key"]

@@ -176,6 +176,10 @@ def test_bad_input_gets_clear_answers_and_nothing_is_lost(spark, collector, repo
         {"code": "body_timeout", "message": "the body did not arrive within 1.5 s"},
     )
 
+    # a lone surrogate (legal JSON escape, not UTF-8) is kept as its escape: accepted, not a 500
+    odd = b'{"userId": "u1", "event": "Odd", "messageId": "odd-1", "properties": {"x": "\\ud800"}}'
+    assert post(url, "/v1/track", odd, KEYS["web"], raw=True)[:2] == (200, {"success": True})
+
     # rate limit: burst 5 at 1 event/s
     five = {"batch": [track | {"type": "track", "messageId": f"r{i}"} for i in range(5)]}
     assert post(url, "/v1/batch", five, KEYS["slow"])[:2] == (
@@ -210,7 +214,7 @@ def test_bad_input_gets_clear_answers_and_nothing_is_lost(spark, collector, repo
     assert "converge_collector_fsync_seconds_count" in metrics
 
     silver = drain(spark, collector)
-    assert {r.message_id for r in silver.collect()} == {"ok-1", "ok-2", "r0", "r1", "r2", "r3", "r4"}
+    assert {r.message_id for r in silver.collect()} == {"odd-1", "ok-1", "ok-2", "r0", "r1", "r2", "r3", "r4"}
     quarantine = io.read(spark, collector.cfg, "quarantine.events").collect()
     assert sorted(r.reason for r in quarantine) == sorted(
         ["missing_event_name", "missing_previous_id", "missing_identity", "not_a_json_object"]
