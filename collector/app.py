@@ -24,6 +24,8 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
@@ -305,6 +307,17 @@ def create_app(cfg: Config) -> Starlette:
             await sink.close()
 
     app = Starlette(
+        # analytics.js posts from the website's origin (text/plain, no preflight) and reads the answer;
+        # an SDK sending JSON or Basic auth from a page is preflighted: both need CORS
+        middleware=[
+            Middleware(
+                CORSMiddleware,
+                allow_origins=c.cors_origins,
+                allow_methods=["GET", "POST", "OPTIONS"],
+                allow_headers=["Content-Type", "Authorization", "Content-Encoding"],
+                max_age=600,
+            )
+        ],
         routes=[
             Route("/v1/projects/{write_key}/settings", settings, methods=["GET"]),
             Route("/v1/{kind}", handle, methods=["POST"]),

@@ -250,6 +250,7 @@ class CollectorConfig(_Strict):
     max_batch_events: int = Field(2500, ge=1)
     max_body_bytes: int = Field(1024 * 1024, ge=1024)  # decompressed, any request (gzip bombs stop here)
     body_timeout_s: float = Field(10.0, gt=0)  # a client that stalls mid-body gets 408
+    cors_origins: list[str] = ["*"]  # web pages allowed to send (analytics.js runs on the site's origin)
     sources: dict[str, CollectorSourceConfig] = {}
 
     @model_validator(mode="after")

@@ -80,6 +80,22 @@ def test_official_python_sdk_events_arrive_in_silver_intact(spark, collector):
 
 
 def test_analytics_js_style_requests(spark, collector):
+    # a page on another origin: the preflight and the answer carry CORS headers
+    preflight = urllib.request.Request(
+        f"{collector.url}/v1/t",
+        method="OPTIONS",
+        headers={
+            "Origin": "https://shop.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type,authorization",
+        },
+    )
+    with urllib.request.urlopen(preflight) as resp:
+        assert resp.status == 200 and resp.headers["Access-Control-Allow-Origin"] in (
+            "*",
+            "https://shop.example",
+        )
+        assert "POST" in resp.headers["Access-Control-Allow-Methods"]
     # analytics.js: text/plain bodies, writeKey in the body, short paths; the settings endpoint
     with urllib.request.urlopen(f"{collector.url}/v1/projects/{KEYS['web']}/settings") as resp:
         settings = json.loads(resp.read())
@@ -92,8 +108,11 @@ def test_analytics_js_style_requests(spark, collector):
         "timestamp": "2026-11-20T10:00:00.000Z",
         "sentAt": "2026-11-20T10:00:01.000Z",
     }
-    status, answer, _ = post(collector.url, "/v1/t", body, headers={"Content-Type": "text/plain"})
+    status, answer, headers = post(
+        collector.url, "/v1/t", body, headers={"Content-Type": "text/plain", "Origin": "https://shop.example"}
+    )
     assert (status, answer) == (200, {"success": True})
+    assert headers["Access-Control-Allow-Origin"] == "*"
     gz = gzip.compress(json.dumps({"anonymousId": "a-js", "name": "Home", "messageId": "js-2"}).encode())
     status, _, _ = post(
         collector.url, "/v1/p", gz, key=KEYS["web"], headers={"Content-Encoding": "gzip"}, raw=True

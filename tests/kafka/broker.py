@@ -107,7 +107,11 @@ def _kraft_cluster_id() -> str:
     """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding (what StorageTool makes)."""
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        # an id starting with "-" reads as an option to StorageTool's parser (1 start in 64 failed so)
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def produce(
