@@ -177,5 +177,6 @@ def _rebuild_profiles(session, cfg) -> None:
         io.read(session, cfg, "silver.orders"),
         io.read(session, cfg, "silver.events"),
         cfg.sources.priority,
+        cfg.profiles.survivorship,
     )
     io.overwrite(built, cfg, "gold.profiles")

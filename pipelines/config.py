@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SECTION_FILES = ("identity",)  # conf/<name>.yaml holds the `<name>` section
+SECTION_FILES = ("identity", "profiles")  # conf/<name>.yaml holds the `<name>` section
 CONF_DIR = Path(os.environ.get("CONVERGE_CONF_DIR", PROJECT_ROOT / "conf"))
 
 
@@ -221,8 +221,26 @@ class IdentityConfig(_Strict):
         return v
 
 
+SURVIVORSHIP_RULES = ("source_priority", "most_recent", "most_frequent", "first_seen")
+# the attributes a golden profile chooses among its source records (the address is one unit)
+PROFILE_ATTRIBUTES = ("first_name", "last_name", "email", "phone", "address", "date_of_birth")
+
+
 class ProfilesConfig(_Strict):
+    """conf/profiles.yaml: how each golden attribute survives (see pipelines/profiles.py)."""
+
     preview_rows: int = Field(10, ge=0)
+    survivorship: dict[str, Literal["source_priority", "most_recent", "most_frequent", "first_seen"]] = (
+        dict.fromkeys(PROFILE_ATTRIBUTES, "source_priority")
+    )
+
+    @field_validator("survivorship")
+    @classmethod
+    def _every_attribute_once(cls, v: dict[str, str]) -> dict[str, str]:
+        unknown = sorted(set(v) - set(PROFILE_ATTRIBUTES))
+        if unknown:
+            raise ValueError(f"unknown attribute(s) {unknown}; known: {list(PROFILE_ATTRIBUTES)}")
+        return dict.fromkeys(PROFILE_ATTRIBUTES, "source_priority") | v
 
 
 class CollectorSourceConfig(_Strict):

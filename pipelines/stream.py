@@ -189,6 +189,7 @@ def _stage_identity(
         _silver_or_empty(spark, cfg, "silver.orders"),
         silver,
         cfg.sources.priority,
+        cfg.profiles.survivorship,
     )
     out["profiles_delta"] = _upserts_and_deletes(profiles, gone, "profile_id")
     for name, df in out.items():

@@ -1,6 +1,8 @@
 from datetime import datetime
 from decimal import Decimal
 
+from pyspark.sql import functions as F
+
 from pipelines.customers import SILVER_COLUMNS as CUSTOMER_COLUMNS
 from pipelines.events import SILVER_COLUMNS as EVENT_COLUMNS
 from pipelines.orders import SILVER_COLUMNS as ORDER_COLUMNS
@@ -175,3 +177,94 @@ def test_priority_order_comes_from_config(spark):
         for r in build_profiles(graph, customers, orders, events, ["shop", "crm"]).collect()
     }
     assert (by_crm["p1"], by_shop["p1"]) == ("Ann", "Annie")
+
+
+def _dob_customers(spark, customers):
+    """Three records of Ann with dates of birth: two systems agree on one, the newest record has another."""
+    rows = []
+    for system, sid, dob, updated, created in [
+        ("shop", "S1", "1990-05-01", datetime(2026, 1, 1), datetime(2023, 1, 1)),
+        ("crm", "C1", "1990-01-05", datetime(2025, 1, 1), datetime(2021, 1, 1)),
+        ("shop", "S2", "1990-01-05", datetime(2024, 1, 1), datetime(2022, 1, 1)),
+    ]:
+        row = _customer(system, sid, None, None, None, updated)
+        row.update(date_of_birth=datetime.strptime(dob, "%Y-%m-%d").date(), created_at=created)
+        rows.append(row)
+    return spark.createDataFrame(rows, customers.schema)
+
+
+def _ann(spark, customers, rules):
+    graph, _, orders, events = _frames(spark)
+    profiles = build_profiles(graph, customers, orders, events, ["crm", "shop"], rules)
+    return {r.profile_id: r for r in profiles.collect()}["p1"]
+
+
+def test_each_survivorship_rule_with_provenance(spark):
+    _, customers, _, _ = _frames(spark)
+    dobs = _dob_customers(spark, customers)
+    from datetime import date
+
+    # most frequent: two records agree on 1990-01-05, outvoting the newest record's 1990-05-01
+    ann = _ann(spark, dobs, {"date_of_birth": "most_frequent"})
+    assert ann.date_of_birth == date(1990, 1, 5)
+    p = ann.provenance["date_of_birth"]
+    assert (p.rule, p.value, p.source_system, p.source_record) == (
+        "most_frequent",
+        "1990-01-05",
+        "crm",  # of the two agreeing records the most recent (crm, 2025) is the one shown
+        "crm:C1",
+    )
+    # most recent: the shop record of 2026, whatever the priority
+    ann = _ann(spark, dobs, {"date_of_birth": "most_recent"})
+    assert ann.date_of_birth == date(1990, 5, 1)
+    assert ann.provenance["date_of_birth"].source_record == "shop:S1"
+    assert ann.provenance["date_of_birth"].updated_at == datetime(2026, 1, 1)
+    # source priority: crm first
+    ann = _ann(spark, dobs, {"date_of_birth": "source_priority"})
+    assert (ann.date_of_birth, ann.provenance["date_of_birth"].source_record) == (date(1990, 1, 5), "crm:C1")
+    # first seen: the earliest created record (crm, 2021)... change its value to tell it apart
+    first = dobs.withColumn(
+        "date_of_birth",
+        F.when(F.col("source_id") == "C1", F.to_date(F.lit("1989-12-31"))).otherwise(F.col("date_of_birth")),
+    )
+    ann = _ann(spark, first, {"date_of_birth": "first_seen"})
+    assert (ann.date_of_birth, ann.provenance["date_of_birth"].source_record) == (
+        date(1989, 12, 31),
+        "crm:C1",
+    )
+
+
+def test_identify_traits_carry_event_provenance_and_most_recent_beats_priority(spark):
+    graph, customers, orders, events = _frames(spark)
+    by_priority = {
+        r.profile_id: r for r in build_profiles(graph, customers, orders, events, ["crm", "shop"]).collect()
+    }
+    assert by_priority["p1"].first_name == "Annie"
+    assert by_priority["p1"].provenance["first_name"].source_system == "shop"
+    # the identify call of 2026-03-01 is the newest first name: most_recent picks it, with the event as source
+    ann = _ann(spark, customers, {"first_name": "most_recent"})
+    assert ann.first_name == "Annabel"
+    prov = ann.provenance["first_name"]
+    assert (prov.source_system, prov.source_record, prov.rule) == ("events", "event:m1", "most_recent")
+    # the address stays one unit under every rule
+    for rule in ("most_recent", "first_seen", "most_frequent"):
+        a = _ann(spark, customers, {"address": rule})
+        assert (a.street, a.city) in {("9 New Rd", "Leeds"), ("1 Old St", "Boston")}
+    # a profile with no attribute at all has an empty provenance, not null
+    assert by_priority["p2"].provenance == {}
+
+
+def test_survivorship_rules_are_validated(tmp_path):
+    import pytest
+
+    from pipelines.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="profiles.survivorship"):
+        load_config("test", overrides={"profiles": {"survivorship": {"shoe_size": "most_recent"}}})
+    with pytest.raises(ConfigError, match="profiles.survivorship.email"):
+        load_config("test", overrides={"profiles": {"survivorship": {"email": "loudest"}}})
+    cfg = load_config("test", overrides={"profiles": {"survivorship": {"email": "most_recent"}}})
+    assert cfg.profiles.survivorship["email"] == "most_recent"
+    assert cfg.profiles.survivorship["first_name"] == "source_priority", (
+        "unlisted attributes keep the default"
+    )

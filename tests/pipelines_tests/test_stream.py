@@ -58,6 +58,7 @@ def full_rebuild(spark, cfg):
         _silver_or_empty(spark, cfg, "silver.orders"),
         io.read(spark, cfg, "silver.events"),
         cfg.sources.priority,
+        cfg.profiles.survivorship,
     )
     return graph, profiles
 
