@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SECTION_FILES = ("identity", "profiles")  # conf/<name>.yaml holds the `<name>` section
+SECTION_FILES = ("identity", "profiles", "traits", "audiences")  # conf/<name>.yaml holds the `<name>` section
 CONF_DIR = Path(os.environ.get("CONVERGE_CONF_DIR", PROJECT_ROOT / "conf"))
 
 
@@ -243,6 +243,59 @@ class ProfilesConfig(_Strict):
         return dict.fromkeys(PROFILE_ATTRIBUTES, "source_priority") | v
 
 
+_SQL_NAME = re.compile(r"[a-z_][a-z0-9_]*")
+
+
+def _sql_names(v: dict) -> dict:
+    bad = sorted(n for n in v if not _SQL_NAME.fullmatch(n))
+    if bad:
+        raise ValueError(f"names must be lower-case SQL identifiers (a-z, 0-9, _): {bad}")
+    return v
+
+
+class TraitConfig(_Strict):
+    """One computed trait: an aggregate SQL expression over one source view, per profile."""
+
+    source: Literal["events", "orders", "customers"]
+    sql: str = Field(min_length=1)  # may use {as_of}: the evaluation time, as a TIMESTAMP literal
+    default: str | None = None  # SQL literal for people with no row in the source (e.g. 0)
+    description: str = ""
+
+    @property
+    def time_based(self) -> bool:
+        return "{as_of}" in self.sql
+
+
+class TraitsConfig(_Strict):
+    """conf/traits.yaml (see pipelines/traits.py)."""
+
+    session_gap_minutes: int = Field(30, ge=1)  # events of a device further apart start a new session
+    definitions: dict[str, TraitConfig] = {}
+
+    _names = field_validator("definitions")(classmethod(lambda cls, v: _sql_names(v)))
+
+
+class AudienceConfig(_Strict):
+    where: str = Field(
+        min_length=1
+    )  # a SQL predicate over gold.profiles + gold.profile_traits; may use {as_of}
+    description: str = ""
+
+    @property
+    def time_based(self) -> bool:
+        return "{as_of}" in self.where
+
+
+class AudiencesConfig(_Strict):
+    """conf/audiences.yaml (see pipelines/audiences.py)."""
+
+    # the Dagster check warns when an audience's size changes by more than this fraction in one refresh
+    size_change_warning: float = Field(0.5, gt=0)
+    definitions: dict[str, AudienceConfig] = {}
+
+    _names = field_validator("definitions")(classmethod(lambda cls, v: _sql_names(v)))
+
+
 class CollectorSourceConfig(_Strict):
     """One tracking source (an app, a website): its write key and what the collector does for it."""
 
@@ -288,6 +341,8 @@ class Config(_Strict):
     events: EventsConfig = EventsConfig()
     identity: IdentityConfig
     profiles: ProfilesConfig = ProfilesConfig()
+    traits: TraitsConfig = TraitsConfig()
+    audiences: AudiencesConfig = AudiencesConfig()
     collector: CollectorConfig = CollectorConfig()
 
     @model_validator(mode="after")

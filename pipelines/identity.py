@@ -19,6 +19,7 @@ from pipelines.config import ProbabilisticConfig
 from pipelines.identity_guards import LOCAL_MAX_EDGES, cut_hubs, enforce_limits
 from pipelines.normalize import E164_PATTERN, blank_to_null, blocked, normalize_email
 from pipelines.profile_ids import assign_profile_ids
+from pipelines.profiles import customer_identifier
 
 OBSERVATION_COLUMNS = ["identifier", "id_type", "rule", "source_table", "source_record", "seen_at"]
 EDGE_COLUMNS = [
@@ -125,7 +126,7 @@ def _customer_observations(customers: DataFrame) -> DataFrame:
         F.coalesce("updated_at", "created_at", "_loaded_at"),
     ).unionByName(
         customers.select(
-            F.concat(F.col("source_system"), F.lit("_id:"), F.col("source_id")).alias("identifier"),
+            customer_identifier().alias("identifier"),
             F.concat(F.col("source_system"), F.lit("_id")).alias("id_type"),
             F.col("source_id").alias("value"),
             F.concat(F.lit("crm_record:"), F.col("source_system")).alias("rule"),

@@ -13,7 +13,8 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -38,6 +39,8 @@ TABLES: dict[str, str] = {
     "gold.profiles": "one golden profile per person",
     "gold.profile_ids": "every profile id ever issued: created, retired, retired into",
     "gold.profile_merges": "merges and splits of profiles, when, and the edge that caused them",
+    "gold.profile_traits": "computed traits per profile (conf/traits.yaml)",
+    "gold.audience_membership": "who is in which audience, entered_at / exited_at (change feed = enter/exit events)",
     "quarantine.crm_customers": "customer rows that could not be loaded, with reason",
     "quarantine.orders": "order rows that could not be loaded, with reason",
     "quarantine.events": "events that could not be loaded, with reason",
@@ -75,6 +78,33 @@ def read(spark: SparkSession, cfg: Config, name: str) -> DataFrame:
             f"table {name} does not exist yet at {path_of(cfg, name)}; materialize it first"
         )
     return spark.read.format("delta").load(path_of(cfg, name))
+
+
+def read_version(spark: SparkSession, cfg: Config, name: str, version: int) -> DataFrame:
+    """A table as it was at ``version`` (Delta time travel)."""
+    return spark.read.format("delta").option("versionAsOf", version).load(path_of(cfg, name))
+
+
+def read_as_of(spark: SparkSession, cfg: Config, name: str, timestamp: str) -> DataFrame:
+    """A table as it was at ``timestamp`` (Delta time travel); a clear error before the table existed."""
+    try:
+        return spark.read.format("delta").option("timestampAsOf", timestamp).load(path_of(cfg, name))
+    except Exception as exc:
+        if "DELTA_TIMESTAMP_EARLIER_THAN_COMMIT_RETENTION" in str(exc) or "earlier than" in str(exc):
+            raise FileNotFoundError(f"table {name} did not exist yet at {timestamp}") from exc
+        raise
+
+
+def changes(spark: SparkSession, cfg: Config, name: str, start: int, end: int) -> DataFrame:
+    """The table's change data feed from version ``start`` to ``end`` (inclusive): rows with
+    ``_change_type`` (insert, update_preimage, update_postimage, delete) and ``_commit_version``."""
+    return (
+        spark.read.format("delta")
+        .option("readChangeFeed", "true")
+        .option("startingVersion", start)
+        .option("endingVersion", end)
+        .load(path_of(cfg, name))
+    )
 
 
 def commits(spark: SparkSession, cfg: Config, name: str, limit: int | None = None) -> list[dict]:
@@ -188,6 +218,42 @@ def merge_upsert(
             m = m.whenMatchedDelete(condition=f"s.`{delete_flag}`")
         return m.whenMatchedUpdate(condition=keep, set=upd).whenNotMatchedInsert(condition=keep, values=ins)
 
+    return _merge(df, cfg, name, keys, txn_app_id, txn_version, clauses, counted=("num_affected_rows",))
+
+
+def upserts_and_deletes(rows: DataFrame, deleted_keys: DataFrame, key: str) -> DataFrame:
+    """``rows`` to upsert and the ``key`` values to delete, as one MERGE source with a ``_delete`` flag."""
+    deletes = deleted_keys.select(
+        *[
+            F.col(key) if c == key else F.lit(None).cast(rows.schema[c].dataType).alias(c)
+            for c in rows.columns
+        ],
+        F.lit(True).alias("_delete"),
+    )
+    return rows.withColumn("_delete", F.lit(False)).unionByName(deletes)
+
+
+@contextmanager
+def user_metadata(spark: SparkSession, text: str) -> Iterator[None]:
+    """Delta commits inside the block carry ``text`` as their userMetadata (who wrote them, what state)."""
+    spark.conf.set("spark.databricks.delta.commitInfo.userMetadata", text)
+    try:
+        yield
+    finally:
+        spark.conf.unset("spark.databricks.delta.commitInfo.userMetadata")
+
+
+def merge_with(
+    df: DataFrame,
+    cfg: Config,
+    name: str,
+    keys: Sequence[str],
+    clauses: Callable,
+    txn_app_id: str | None = None,
+    txn_version: int | None = None,
+) -> int:
+    """A MERGE on ``keys`` with the caller's clauses (``clauses(builder) -> builder``, target ``t``, source
+    ``s``), retried on conflicts and idempotent like the others. Returns rows inserted, updated or deleted."""
     return _merge(df, cfg, name, keys, txn_app_id, txn_version, clauses, counted=("num_affected_rows",))
 
 

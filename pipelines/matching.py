@@ -17,6 +17,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from pipelines.config import ComparisonConfig, ProbabilisticConfig
+from pipelines.profiles import customer_identifier
 
 RULE = "probabilistic:splink"
 RECORD_COLUMNS = [
@@ -41,7 +42,7 @@ def match_records(customers: DataFrame) -> DataFrame:
     """
     lower = {c: F.lower(F.col(c)) for c in ("first_name", "last_name", "street", "city")}
     return customers.select(
-        F.concat(F.col("source_system"), F.lit("_id:"), F.col("source_id")).alias("unique_id"),
+        customer_identifier().alias("unique_id"),
         *[v.alias(k) for k, v in lower.items()],
         F.date_format("date_of_birth", "yyyy-MM-dd").alias("date_of_birth"),
         F.upper(F.regexp_replace("postal_code", r"\s+", "")).alias("postal_code"),

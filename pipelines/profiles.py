@@ -54,13 +54,30 @@ def _rank(priority: list[str]) -> Column:
     return rank
 
 
+def event_identifier() -> Column:
+    """The identifier an event belongs to a person by: its userId, else its anonymousId."""
+    return F.when(F.col("user_id").isNotNull(), F.concat(F.lit("user_id:"), "user_id")).otherwise(
+        F.concat(F.lit("anonymous_id:"), "anonymous_id")
+    )
+
+
+def customer_identifier() -> Column:
+    """A CRM/shop record's own identifier, ``<system>_id:<source_id>``."""
+    return F.concat(F.col("source_system"), F.lit("_id:"), F.col("source_id"))
+
+
+def order_identifier() -> Column:
+    """The identifier of the customer record an order belongs to."""
+    return F.concat(F.col("source_system"), F.lit("_id:"), F.col("customer_source_id"))
+
+
 def attribute_candidates(
     graph: DataFrame, customers: DataFrame, events: DataFrame, priority: list[str]
 ) -> DataFrame:
     """Every source record's attribute values with its profile_id, priority rank and recency."""
-    cust = customers.withColumn(
-        "identifier", F.concat(F.col("source_system"), F.lit("_id:"), F.col("source_id"))
-    ).join(graph.select("identifier", "profile_id"), "identifier")
+    cust = customers.withColumn("identifier", customer_identifier()).join(
+        graph.select("identifier", "profile_id"), "identifier"
+    )
     cust = cust.select(
         "profile_id",
         "source_system",
@@ -79,12 +96,9 @@ def attribute_candidates(
         F.concat_ws(":", "source_system", "source_id").alias("source_record"),
     )
     identifies = events.filter(F.col("type") == "identify")
-    ev = identifies.withColumn(
-        "identifier",
-        F.when(F.col("user_id").isNotNull(), F.concat(F.lit("user_id:"), "user_id")).otherwise(
-            F.concat(F.lit("anonymous_id:"), "anonymous_id")
-        ),
-    ).join(graph.select("identifier", "profile_id"), "identifier")
+    ev = identifies.withColumn("identifier", event_identifier()).join(
+        graph.select("identifier", "profile_id"), "identifier"
+    )
     ev = ev.select(
         "profile_id",
         F.lit(EVENTS_SOURCE).alias("source_system"),
@@ -215,9 +229,7 @@ def build_profiles(
         F.array_sort(F.collect_set(F.when(F.col("id_type") == "email", F.col("id_value")))).alias("emails"),
         F.array_sort(F.collect_set(F.when(F.col("id_type") == "phone", F.col("id_value")))).alias("phones"),
     )
-    order_ids = orders.withColumn(
-        "identifier", F.concat(F.col("source_system"), F.lit("_id:"), F.col("customer_source_id"))
-    )
+    order_ids = orders.withColumn("identifier", order_identifier())
     order_stats = (
         order_ids.join(graph.select("identifier", "profile_id"), "identifier")
         .groupBy("profile_id")
@@ -228,12 +240,7 @@ def build_profiles(
             F.max("order_ts").alias("_last_order"),
         )
     )
-    ev_ids = events.withColumn(
-        "identifier",
-        F.when(F.col("user_id").isNotNull(), F.concat(F.lit("user_id:"), "user_id")).otherwise(
-            F.concat(F.lit("anonymous_id:"), "anonymous_id")
-        ),
-    )
+    ev_ids = events.withColumn("identifier", event_identifier())
     event_stats = (
         ev_ids.join(graph.select("identifier", "profile_id"), "identifier")
         .groupBy("profile_id")

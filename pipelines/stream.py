@@ -37,15 +37,13 @@ from pyspark.sql import functions as F
 
 from pipelines import io
 from pipelines.config import Config
-from pipelines.customers import silver_customers, standardize_customers
 from pipelines.identity import EDGE_KEYS, EDGE_UPSERT_SET, build_edges, identifier_observations, merge_edges
 from pipelines.identity_guards import CUT_EDGE_SCHEMA
 from pipelines.identity_incremental import incremental_identity
 from pipelines.ingest import BatchStats, process_event_batch
-from pipelines.orders import silver_orders, standardize_orders
 from pipelines.profile_ids import MERGES_SCHEMA, REGISTRY_SCHEMA
 from pipelines.profiles import build_profiles
-from pipelines.records import BRONZE_CSV_SCHEMA
+from pipelines.refresh import silver_or_empty
 
 QUERY_NAME = "converge_events"
 STATUS_FILE = "converge_status.json"
@@ -165,7 +163,7 @@ def _stage_identity(
         touched = result.touched.withColumnRenamed("id", "identifier").localCheckpoint()
         graph = result.graph.localCheckpoint()
     new_rows = graph.join(touched, "identifier", "left_semi")
-    graph_delta = _upserts_and_deletes(
+    graph_delta = io.upserts_and_deletes(
         new_rows, touched.join(new_rows, "identifier", "left_anti"), "identifier"
     )
     previous = io.read(spark, cfg, "gold.identity_graph")
@@ -185,48 +183,19 @@ def _stage_identity(
     }
     profiles = build_profiles(
         graph.join(rebuilt, "profile_id", "left_semi"),
-        _silver_or_empty(spark, cfg, "silver.customers"),
-        _silver_or_empty(spark, cfg, "silver.orders"),
+        silver_or_empty(spark, cfg, "silver.customers"),
+        silver_or_empty(spark, cfg, "silver.orders"),
         silver,
         cfg.sources.priority,
         cfg.profiles.survivorship,
     )
-    out["profiles_delta"] = _upserts_and_deletes(profiles, gone, "profile_id")
+    out["profiles_delta"] = io.upserts_and_deletes(profiles, gone, "profile_id")
     for name, df in out.items():
         with stats.phase(f"stage_{name}"):
             io.write_staged(df, stage / name)
     stats.touched_identifiers = io.read_staged(spark, stage / "graph_delta").count()
     (stage / "base_versions.json").write_text(json.dumps(base))
     (stage / "_COMPLETE").write_text(built_at)
-
-
-def _upserts_and_deletes(rows: DataFrame, deleted_keys: DataFrame, key: str) -> DataFrame:
-    """``rows`` to upsert and the ``key`` values to delete, as one MERGE source with a ``_delete`` flag."""
-    deletes = deleted_keys.select(
-        *[
-            F.col(key) if c == key else F.lit(None).cast(rows.schema[c].dataType).alias(c)
-            for c in rows.columns
-        ],
-        F.lit(True).alias("_delete"),
-    )
-    return rows.withColumn("_delete", F.lit(False)).unionByName(deletes)
-
-
-def _silver_or_empty(spark: SparkSession, cfg: Config, name: str) -> DataFrame:
-    """A silver batch table, or an empty frame of its shape when no batch load has run yet (a lakehouse
-    fed by the stream alone still gets profiles)."""
-    if io.exists(spark, cfg, name):
-        return io.read(spark, cfg, name)
-    bronze = spark.createDataFrame([], BRONZE_CSV_SCHEMA)
-    if name == "silver.customers":
-        std = standardize_customers(
-            bronze, cfg.sources.systems, cfg.sources.country_aliases, cfg.sources.default_phone_region
-        )
-        shaped = silver_customers(std)
-    else:
-        shaped = silver_orders(standardize_orders(bronze, list(cfg.sources.systems)))
-    # only the shape: executing the standardising plan on no rows still compiles it (slow, huge)
-    return spark.createDataFrame([], shaped.schema)
 
 
 def _apply_identity(spark: SparkSession, cfg: Config, stage: Path, app_id: str, batch_id: int) -> int:
@@ -294,12 +263,8 @@ def update_identity_for_batch(
         if not stats.replayed_staging:
             built_at = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
             _stage_identity(spark, cfg, obs, stage, built_at, stats)
-        spark.conf.set("spark.databricks.delta.commitInfo.userMetadata", f"{app_id}:{batch_id}")
-        try:
-            with stats.phase("apply"):
-                stats.profiles_written = _apply_identity(spark, cfg, stage, app_id, batch_id)
-        finally:
-            spark.conf.unset("spark.databricks.delta.commitInfo.userMetadata")
+        with io.user_metadata(spark, f"{app_id}:{batch_id}"), stats.phase("apply"):
+            stats.profiles_written = _apply_identity(spark, cfg, stage, app_id, batch_id)
     # earlier batches' staging is no longer needed once this batch's is applied
     for old in stage.parent.iterdir():
         if old.name.isdigit() and int(old.name) < batch_id:

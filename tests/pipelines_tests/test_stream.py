@@ -17,9 +17,10 @@ from pipelines.demo_data import generate
 from pipelines.ingest import parse_configured
 from pipelines.profiles import build_profiles
 from pipelines.reconcile import reconcile
+from pipelines.refresh import silver_or_empty
 from pipelines.replay import replay_events
 from pipelines.resolve import resolve
-from pipelines.stream import _silver_or_empty, read_status, run_stream
+from pipelines.stream import read_status, run_stream
 from tests.kafka.broker import produce
 from tests.pipelines_tests.test_events import ev
 
@@ -49,13 +50,13 @@ def profiles_by_members(graph, profiles) -> dict[frozenset, tuple]:
 def full_rebuild(spark, cfg):
     """What the batch job builds from the same silver: the whole resolver, then every profile."""
     result, _, _ = resolve(
-        _silver_or_empty(spark, cfg, "silver.customers"), io.read(spark, cfg, "silver.events"), cfg.identity
+        silver_or_empty(spark, cfg, "silver.customers"), io.read(spark, cfg, "silver.events"), cfg.identity
     )
     graph = result.graph.localCheckpoint()
     profiles = build_profiles(
         graph,
-        _silver_or_empty(spark, cfg, "silver.customers"),
-        _silver_or_empty(spark, cfg, "silver.orders"),
+        silver_or_empty(spark, cfg, "silver.customers"),
+        silver_or_empty(spark, cfg, "silver.orders"),
         io.read(spark, cfg, "silver.events"),
         cfg.sources.priority,
         cfg.profiles.survivorship,
