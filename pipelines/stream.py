@@ -13,6 +13,9 @@ One micro-batch, exactly once whatever crashes:
    table by table, each write with the transaction id. A crash during the apply replays the same staged
    result; a staged result whose input tables someone else changed meanwhile (a full rebuild ran while
    the stream was down) is computed again.
+4. Traits and audience memberships are refreshed for the profiles whose rows changed since the last
+   refresh (``pipelines.refresh``: Delta change data feed; the versions read are kept in the traits
+   commit, so a crash just recomputes the same people).
 
 Identity updates hold an inter-process lock (``identity_lock``) that the full rebuild takes too, so the
 two never interleave. The stream's progress goes to a status file that ``converge stream status`` and
@@ -43,7 +46,7 @@ from pipelines.identity_incremental import incremental_identity
 from pipelines.ingest import BatchStats, process_event_batch
 from pipelines.profile_ids import MERGES_SCHEMA, REGISTRY_SCHEMA
 from pipelines.profiles import build_profiles
-from pipelines.refresh import silver_or_empty
+from pipelines.refresh import refresh_traits_and_audiences, silver_or_empty
 
 QUERY_NAME = "converge_events"
 STATUS_FILE = "converge_status.json"
@@ -110,6 +113,8 @@ class IdentityStats:
     new_events: int = 0
     touched_identifiers: int = 0
     profiles_written: int = 0
+    traits_refreshed: int = 0  # profiles whose traits were recomputed
+    membership_changes: int = 0  # audience entries and exits
     replayed_staging: bool = False
     seconds: float = 0.0
     phases: dict[str, float] = field(default_factory=dict)  # seconds per step, for `stream status`
@@ -265,6 +270,10 @@ def update_identity_for_batch(
             _stage_identity(spark, cfg, obs, stage, built_at, stats)
         with io.user_metadata(spark, f"{app_id}:{batch_id}"), stats.phase("apply"):
             stats.profiles_written = _apply_identity(spark, cfg, stage, app_id, batch_id)
+        if cfg.streaming.update_traits:
+            with stats.phase("traits"):
+                refreshed = refresh_traits_and_audiences(spark, cfg, txn_app_id=app_id, txn_version=batch_id)
+            stats.traits_refreshed, stats.membership_changes = refreshed.profiles, refreshed.membership_changes
     # earlier batches' staging is no longer needed once this batch's is applied
     for old in stage.parent.iterdir():
         if old.name.isdigit() and int(old.name) < batch_id:

@@ -21,6 +21,7 @@ from pipelines.refresh import silver_or_empty
 from pipelines.replay import replay_events
 from pipelines.resolve import resolve
 from pipelines.stream import read_status, run_stream
+from pipelines.traits import compute_traits
 from tests.kafka.broker import produce
 from tests.pipelines_tests.test_events import ev
 
@@ -35,13 +36,13 @@ def partition(graph) -> set[frozenset]:
     return {frozenset(v) for v in groups.values()}
 
 
-def profiles_by_members(graph, profiles) -> dict[frozenset, tuple]:
+def profiles_by_members(graph, profiles, fields=PROFILE_FIELDS) -> dict[frozenset, tuple]:
     """Each profile's attributes keyed by its identifier set, so two runs compare without profile ids."""
     members: dict[str, set] = {}
     for r in graph.select("identifier", "profile_id").collect():
         members.setdefault(r.profile_id, set()).add(r.identifier)
     return {
-        frozenset(members[r.profile_id]): tuple(r[c] for c in PROFILE_FIELDS)
+        frozenset(members[r.profile_id]): tuple(r[c] for c in fields)
         for r in profiles.collect()
         if r.profile_id in members
     }
@@ -71,6 +72,21 @@ def assert_stream_equals_full_rebuild(spark, cfg):
     live = profiles_by_members(live_graph, io.read(spark, cfg, "gold.profiles"))
     assert live == profiles_by_members(graph, profiles)
     assert io.read(spark, cfg, "gold.profiles").count() == len(live), "no profile row without its people"
+    if cfg.streaming.update_traits:
+        # traits refreshed batch by batch for the touched people = computed for everyone at once (the
+        # ones without a time window: each batch evaluates windows at its own time)
+        stable = [n for n, t in cfg.traits.definitions.items() if not t.time_based]
+        full = compute_traits(
+            graph,
+            io.read(spark, cfg, "silver.events"),
+            silver_or_empty(spark, cfg, "silver.orders"),
+            silver_or_empty(spark, cfg, "silver.customers"),
+            cfg.traits,
+            datetime.now(),
+        )
+        live_traits = profiles_by_members(live_graph, io.read(spark, cfg, "gold.profile_traits"), stable)
+        assert live_traits == profiles_by_members(graph, full, stable)
+        assert io.read(spark, cfg, "gold.profile_traits").count() == len(live_traits)
 
 
 def test_stream_batches_keep_identity_and_profiles_equal_to_a_full_rebuild(spark, cfg, monkeypatch):
