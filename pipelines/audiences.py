@@ -124,3 +124,21 @@ def audience_sizes(spark, cfg: Config) -> dict[str, int]:
             if r["audience"] in sizes:
                 sizes[r["audience"]] = int(r["count"])
     return sizes
+
+
+def size_changes(spark, cfg: Config) -> dict[str, tuple[int, int]]:
+    """``audience -> (members before, members now)`` across the last write of gold.audience_membership
+    (one refresh = one MERGE), from Delta time travel."""
+    now = io.version(spark, cfg, "gold.audience_membership")
+
+    def sizes(version: int) -> dict[str, int]:
+        if version < 0:
+            return {}
+        df = io.read_version(spark, cfg, "gold.audience_membership", version)
+        return {
+            r["audience"]: int(r["count"])
+            for r in df.filter("is_member").groupBy("audience").count().collect()
+        }
+
+    before, after = sizes(now - 1), sizes(now)
+    return {a: (before.get(a, 0), after.get(a, 0)) for a in cfg.audiences.definitions}

@@ -292,6 +292,8 @@ class AudiencesConfig(_Strict):
 
     # the Dagster check warns when an audience's size changes by more than this fraction in one refresh
     size_change_warning: float = Field(0.5, gt=0)
+    # the schedule that re-evaluates time-based audiences (and traits) for everyone
+    refresh_cron: str = "*/15 * * * *"
     definitions: dict[str, AudienceConfig] = {}
 
     _names = field_validator("definitions")(classmethod(lambda cls, v: _sql_names(v)))

@@ -273,7 +273,10 @@ def update_identity_for_batch(
         if cfg.streaming.update_traits:
             with stats.phase("traits"):
                 refreshed = refresh_traits_and_audiences(spark, cfg, txn_app_id=app_id, txn_version=batch_id)
-            stats.traits_refreshed, stats.membership_changes = refreshed.profiles, refreshed.membership_changes
+            stats.traits_refreshed, stats.membership_changes = (
+                refreshed.profiles,
+                refreshed.membership_changes,
+            )
     # earlier batches' staging is no longer needed once this batch's is applied
     for old in stage.parent.iterdir():
         if old.name.isdigit() and int(old.name) < batch_id:

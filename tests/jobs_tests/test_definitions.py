@@ -40,3 +40,26 @@ def test_quality_and_reconciliation_checks_exist_and_silver_ones_block():
 def test_nightly_schedule_targets_the_main_job():
     schedule = defs.resolve_schedule_def("converge_nightly")
     assert schedule.job_name == converge_all.name and schedule.cron_schedule == "0 2 * * *"
+
+
+def test_audience_schedule_skips_until_profiles_exist_then_requests_a_refresh(tmp_path, monkeypatch):
+    from dagster import RunRequest, build_schedule_context
+
+    monkeypatch.setenv("CONVERGE_LAKEHOUSE", str(tmp_path))
+    schedule = defs.resolve_schedule_def("audiences_refresh_schedule")
+    assert schedule.job_name == "audiences_refresh" and schedule.cron_schedule == "*/15 * * * *"
+    assert schedule.default_status.value == "RUNNING"
+    result = schedule.evaluate_tick(build_schedule_context())
+    assert result.skip_message and "no gold.profiles" in result.skip_message
+    (tmp_path / "gold" / "profiles" / "_delta_log").mkdir(parents=True)
+    result = schedule.evaluate_tick(build_schedule_context())
+    assert len(result.run_requests) == 1 and isinstance(result.run_requests[0], RunRequest)
+
+
+def test_traits_and_audiences_have_their_checks():
+    checks = {(k.asset_key.to_user_string(), k.name) for k in defs.resolve_asset_graph().asset_check_keys}
+    assert {
+        ("gold/profile_traits", "one_row_per_profile"),
+        ("gold/audience_membership", "size_change"),
+        ("gold/audience_membership", "members_are_live_profiles"),
+    } <= checks
