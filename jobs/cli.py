@@ -11,6 +11,8 @@ converge stream [--source files|kafka]           the long-running clickstream st
 converge stream status                            its progress: rows/s, batch duration, backlog
 converge replay --start DAY [--end DAY]           rebuild silver.events for those arrival days from bronze
 converge collector [--port P] [--workers N]       Segment's HTTP tracking API: SDKs send here (write keys in conf)
+converge profile email:ann@example.com [--as-of T] a profile: identifiers, attributes with provenance, traits, audiences, events
+converge sql-server [--port 10000]                JDBC/ODBC (HiveServer2) endpoint for BI tools over every table
 converge tables                                   the tables and their row counts
 """
 
@@ -252,6 +254,52 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0 if ex.profile_id else 3
 
 
+def cmd_profile(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from pipelines.explain import normalize_identifier
+    from pipelines.profile_view import profile_view, render
+
+    spark, cfg = _spark()
+    normalizers = {t: c.normalizer for t, c in cfg.identity.identifier_types.items()}
+    ident = normalize_identifier(args.identifier, normalizers, cfg.sources.default_phone_region)
+    view = profile_view(spark, cfg, ident, args.as_of, args.events)
+    print(json.dumps(asdict(view), default=str, indent=2) if args.format == "json" else render(view))
+    return 0 if view.profile_id else 3
+
+
+def cmd_sql_server(args: argparse.Namespace) -> int:
+    import signal
+
+    from pipelines import sql_server
+    from pipelines.spark import get_spark
+
+    cfg = load_config()
+    host, port = args.host or cfg.sql_server.host, args.port or cfg.sql_server.port
+    sql_server.prepare(cfg, host, port)
+    spark = get_spark(cfg)
+    sql_server.start(spark)
+    tables = [
+        f"{t.namespace[0]}.{t.name}"
+        for db in ("bronze", "silver", "gold", "quarantine")
+        if spark.catalog.databaseExists(db)
+        for t in spark.catalog.listTables(db)
+    ]
+    print(
+        f"Spark Thrift Server on jdbc:hive2://{host}:{port}/default ({len(tables)} tables); Ctrl-C stops it",
+        flush=True,
+    )
+    stop = {"now": False}
+    signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True))
+    try:
+        while not stop["now"]:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    spark.stop()
+    return 0
+
+
 def _stream_config(args: argparse.Namespace):
     cfg = load_config()
     if args.source:
@@ -435,6 +483,18 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--port", type=int, help="override collector.port")
     co.add_argument("--workers", type=int, help="override collector.workers")
     co.set_defaults(fn=cmd_collector)
+
+    pr = sub.add_parser("profile", help="a profile now or at a past time (Delta time travel)")
+    pr.add_argument("identifier", help="type:value, e.g. email:ann@example.com")
+    pr.add_argument("--as-of", dest="as_of", help="a past time, e.g. '2026-11-20 12:00:00' (UTC)")
+    pr.add_argument("--events", type=int, default=10, help="recent events to show")
+    pr.add_argument("--format", choices=["text", "json"], default="text")
+    pr.set_defaults(fn=cmd_profile)
+
+    ss = sub.add_parser("sql-server", help="Spark Thrift Server (JDBC/ODBC, HiveServer2) over every table")
+    ss.add_argument("--host", help="override sql_server.host")
+    ss.add_argument("--port", type=int, help="override sql_server.port")
+    ss.set_defaults(fn=cmd_sql_server)
 
     t = sub.add_parser("tables", help="list tables with row counts")
     t.add_argument("--format", choices=["table", "csv", "json"], default="table")

@@ -335,6 +335,13 @@ class CollectorConfig(_Strict):
         return self
 
 
+class SqlServerConfig(_Strict):
+    """`converge sql-server`: the Spark Thrift Server (HiveServer2 protocol) for BI tools."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(10000, ge=1, le=65535)
+
+
 class Config(_Strict):
     env: str = "dev"
     lakehouse: LakehouseConfig
@@ -347,6 +354,7 @@ class Config(_Strict):
     traits: TraitsConfig = TraitsConfig()
     audiences: AudiencesConfig = AudiencesConfig()
     collector: CollectorConfig = CollectorConfig()
+    sql_server: SqlServerConfig = SqlServerConfig()
 
     @model_validator(mode="after")
     def _systems_have_identifier_types(self) -> Config:

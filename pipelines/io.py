@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -86,13 +87,15 @@ def read_version(spark: SparkSession, cfg: Config, name: str, version: int) -> D
 
 
 def read_as_of(spark: SparkSession, cfg: Config, name: str, timestamp: str) -> DataFrame:
-    """A table as it was at ``timestamp`` (Delta time travel); a clear error before the table existed."""
-    try:
-        return spark.read.format("delta").option("timestampAsOf", timestamp).load(path_of(cfg, name))
-    except Exception as exc:
-        if "DELTA_TIMESTAMP_EARLIER_THAN_COMMIT_RETENTION" in str(exc) or "earlier than" in str(exc):
-            raise FileNotFoundError(f"table {name} did not exist yet at {timestamp}") from exc
-        raise
+    """A table as it was at ``timestamp`` (UTC): its last version committed at or before then (Delta's own
+    timestampAsOf refuses a time after the latest commit, which is the usual case for a quiet table).
+    FileNotFoundError when the table did not exist yet."""
+    at = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    at_ms = (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp() * 1000
+    for commit in commits(spark, cfg, name):  # newest first
+        if commit["timestamp_ms"] <= at_ms:
+            return read_version(spark, cfg, name, commit["version"])
+    raise FileNotFoundError(f"table {name} did not exist yet at {timestamp}")
 
 
 def changes(spark: SparkSession, cfg: Config, name: str, start: int, end: int) -> DataFrame:

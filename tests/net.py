@@ -4,6 +4,7 @@ import http.client
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -22,11 +23,26 @@ def healthy(port: int, path: str = "/health") -> bool:
         return False
 
 
-def wait_healthy(port: int, proc: subprocess.Popen, timeout_s: float = 60, log: Path | None = None) -> None:
-    """Until GET /health on ``port`` answers 200; a clear error (with the end of ``log``) if ``proc`` exits
-    or time runs out."""
+def listening(port: int) -> bool:
+    """Something accepts TCP connections on 127.0.0.1:``port`` (a server that speaks no HTTP)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def wait_healthy(
+    port: int,
+    proc: subprocess.Popen,
+    timeout_s: float = 60,
+    log: Path | None = None,
+    probe: Callable[[int], bool] = healthy,
+) -> None:
+    """Until ``probe(port)`` (default: GET /health answers 200); a clear error (with the end of ``log``)
+    if ``proc`` exits or time runs out."""
     deadline = time.time() + timeout_s
-    while not healthy(port):
+    while not probe(port):
         tail = log.read_text()[-3000:] if log is not None and log.exists() else ""
         if proc.poll() is not None:
             raise RuntimeError(f"server exited ({proc.returncode}) while starting:\n{tail}")

@@ -3,7 +3,13 @@
 import io as pyio
 import json
 import os
+import re
+import subprocess
+import sys
+import time
 from contextlib import redirect_stdout
+from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from dagster import DagsterInstance
@@ -11,7 +17,7 @@ from dagster import DagsterInstance
 from jobs.cli import main as converge
 from jobs.definitions import defs
 from pipelines import io
-from pipelines.config import load_config
+from pipelines.config import PROJECT_ROOT, load_config
 from pipelines.demo_data import generate
 from pipelines.evaluate import pairwise_scores
 
@@ -60,7 +66,7 @@ def test_every_asset_materializes_and_every_check_passes(pipeline_run):
     }
     assert materialized == set(io.TABLES)
     evaluations = result.get_asset_check_evaluations()
-    assert len(evaluations) == 10
+    assert len(evaluations) == 13
     assert [e.check_name for e in evaluations if not e.passed] == []
 
 
@@ -179,6 +185,8 @@ def test_exploration_notebook_runs_end_to_end(pipeline_run):
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     assert "profiles" in str(outputs[1]) and "source_record" in str(outputs[2])
+    assert any("image/png" in o.get("data", {}) for o in outputs), "the audience plot rendered"
+    assert "high_value" in str(outputs) or "churn_risk" in str(outputs), "audience sizes shown"
 
 
 def test_a_rerun_keeps_every_profile_id_and_loads_nothing_twice(pipeline_run, spark):
@@ -200,3 +208,96 @@ def test_a_rerun_keeps_every_profile_id_and_loads_nothing_twice(pipeline_run, sp
         registry.count() == len(set(before.values()))
         and registry.filter("retired_at is not null").count() == 0
     )
+
+
+def test_converge_profile_shows_provenance_traits_audiences_now_and_as_of(pipeline_run, spark):
+    """Time travel: the profile as it was before an update, and before the tables existed."""
+    _, cfg, _ = pipeline_run
+    row = spark.sql(
+        "select profile_id, email, first_name from gold.profiles where email is not null and first_name is not null "
+        "order by order_count desc, event_count desc, profile_id limit 1"
+    ).first()
+
+    def show(*extra):
+        out = pyio.StringIO()
+        with redirect_stdout(out):
+            code = converge(["profile", f"email:{row.email}", "--format", "json", *extra])
+        return code, json.loads(out.getvalue())
+
+    code, now = show()
+    assert code == 0 and now["profile_id"] == row.profile_id and f"email:{row.email}" in now["identifiers"]
+    email = now["attributes"]["email"]
+    assert email["value"] == row.email and email["source_record"] and email["rule"] == "source_priority"
+    assert set(now["traits"]) >= {"lifetime_value", "orders_90d", "sessions_7d", "favourite_category"}
+    assert now["recent_events"] and now["activity"]["event_count"] >= len(now["recent_events"])
+    assert all(a["audience"] in cfg.audiences.definitions for a in now["audiences"])
+
+    time.sleep(1.5)
+    before = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    time.sleep(1.5)
+    spark.sql(f"UPDATE gold.profiles SET first_name = 'Renamed' WHERE profile_id = '{row.profile_id}'")
+    assert show()[1]["attributes"]["first_name"]["value"] == "Renamed"
+    code, then = show("--as-of", before)
+    assert code == 0 and then["attributes"]["first_name"]["value"] == row.first_name
+    out = pyio.StringIO()
+    with redirect_stdout(out):
+        assert converge(["profile", f"email:{row.email}", "--as-of", "2001-01-01 00:00:00"]) == 3
+    assert "no profile" in out.getvalue()
+    out = pyio.StringIO()
+    with redirect_stdout(out):
+        assert converge(["profile", f"email:{row.email}"]) == 0
+    text = out.getvalue()
+    assert "attributes" in text and "traits:" in text and "audiences:" in text and "recent events:" in text
+
+
+def test_sql_server_answers_a_real_jdbc_client(pipeline_run, spark, tmp_path):
+    """`converge sql-server` in its own process; beeline (pyspark's JDBC client) queries gold.profiles."""
+    import pyspark
+
+    from tests.net import free_port, listening, wait_healthy
+
+    _, cfg, _ = pipeline_run
+    expected = io.read(spark, cfg, "gold.profiles").count()
+    port = free_port()
+    log = tmp_path / "sql-server.log"
+    env = os.environ | {"CONVERGE_LAKEHOUSE": str(cfg.lakehouse.root), "CONVERGE_ENV": "test"}
+    with open(log, "w") as fh:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "jobs.cli", "sql-server", "--port", str(port)],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=PROJECT_ROOT,
+        )
+    try:
+        wait_healthy(port, server, timeout_s=240, log=log, probe=listening)
+        spark_home = Path(pyspark.__file__).parent
+        query = (
+            "SELECT count(*) AS n FROM gold.profiles; "
+            "SELECT count(*) AS m FROM gold.profiles p JOIN gold.profile_traits t USING (profile_id)"
+        )
+        beeline = subprocess.run(
+            [
+                str(spark_home / "bin" / "beeline"),
+                "-u",
+                f"jdbc:hive2://127.0.0.1:{port}/default",
+                "-n",
+                "analyst",
+                "--silent=true",
+                "--outputformat=csv2",
+                "-e",
+                query,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=os.environ | {"SPARK_HOME": str(spark_home)},
+        )
+        assert beeline.returncode == 0, beeline.stderr[-3000:]
+        # beeline echoes its prompt before the first result header in -e mode
+        lines = [re.sub(r"^\d+: jdbc:hive2://\S+> ", "", line) for line in beeline.stdout.splitlines()]
+        lines = [line for line in lines if line.strip()]
+        assert lines == ["n", str(expected), "m", str(expected)], beeline.stdout
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
