@@ -224,7 +224,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
     )
     _print_frame(sample.toPandas(), "table")
-    print('\nTry: converge sql "select count(*) from gold.profiles"   |   make ui  (http://127.0.0.1:3000)')
+    from pipelines.audiences import audience_sizes
+
+    print("\nAudiences (conf/audiences.yaml): members now")
+    _print_frame(
+        pd.DataFrame([{"audience": a, "members": n} for a, n in audience_sizes(spark, cfg).items()]), "table"
+    )
+    example = profiles.filter("email is not null").orderBy("profile_id").select("email").first()
+    hint = f"converge profile email:{example.email}   |   " if example else ""
+    print(
+        f'\nTry: {hint}converge sql "select count(*) from gold.profiles"   |   make ui  (http://127.0.0.1:3000)'
+    )
     return 0 if all(c["passed"] for c in checks) else 1
 
 

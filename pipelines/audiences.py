@@ -71,7 +71,14 @@ def update_membership(
     profiles change (a profile that is gone is evaluated with qualifies = false by the caller).
     """
     spark = evaluated.sparkSession
-    io.ensure(spark, cfg, "gold.audience_membership", spark.createDataFrame([], MEMBERSHIP_SCHEMA).schema)
+    if not io.exists(spark, cfg, "gold.audience_membership"):
+        io.ensure(
+            spark,
+            cfg,
+            "gold.audience_membership",
+            spark.createDataFrame([], MEMBERSHIP_SCHEMA).schema,
+            {"delta.enableDeletionVectors": "true"},
+        )
     at = F.lit(as_of).cast("timestamp")
     src = evaluated.withColumn("_at", at)
 

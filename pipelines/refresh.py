@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -38,6 +40,7 @@ from pipelines.traits import compute_traits
 
 SOURCE_TABLES = ["silver.events", "silver.orders", "silver.customers", "gold.identity_graph"]
 STATE_KEY = "converge_traits"
+DV = {"delta.enableDeletionVectors": "true"}
 
 
 @dataclass
@@ -50,6 +53,15 @@ class RefreshStats:
     membership_changes: int = 0  # audience entries and exits written
     versions: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)  # seconds per step
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        t0 = time.time()
+        try:
+            yield
+        finally:
+            self.phases[name] = round(self.phases.get(name, 0.0) + time.time() - t0, 2)
 
 
 def silver_or_empty(spark: SparkSession, cfg: Config, name: str, version: int | None = None) -> DataFrame:
@@ -124,7 +136,8 @@ def refresh_traits_and_audiences(
     """Bring gold.profile_traits and gold.audience_membership up to date (see the module docstring)."""
     t0 = time.time()
     stats = RefreshStats()
-    versions = _versions(spark, cfg)
+    with stats.phase("versions"):
+        versions = _versions(spark, cfg)
     stats.versions = versions
     if versions["gold.identity_graph"] < 0 or not io.exists(spark, cfg, "gold.profiles"):
         stats.reason = "no identity graph or profiles yet"
@@ -132,7 +145,8 @@ def refresh_traits_and_audiences(
     as_of = (as_of or datetime.now(UTC)).replace(microsecond=0, tzinfo=None)
     stats.as_of = as_of.isoformat(sep=" ")
     columns = ["profile_id", *cfg.traits.definitions, "computed_at"]
-    state = None if full else last_state(spark, cfg)
+    with stats.phase("state"):
+        state = None if full else last_state(spark, cfg)
     if full:
         stats.reason = "full refresh requested"
     elif state is None:
@@ -148,7 +162,8 @@ def refresh_traits_and_audiences(
     touched = None
     if state is not None:
         try:
-            touched = touched_profiles(spark, cfg, state["versions"], versions, graph).localCheckpoint()
+            with stats.phase("touched"):
+                touched = touched_profiles(spark, cfg, state["versions"], versions, graph).localCheckpoint()
         except AnalysisException as exc:
             stats.reason, state = f"change data feed unavailable ({str(exc).splitlines()[0][:200]})", None
     new_state = json.dumps({STATE_KEY: {"versions": versions, "as_of": stats.as_of, "columns": columns}})
@@ -160,16 +175,20 @@ def refresh_traits_and_audiences(
         evaluated = evaluate(live, traits, cfg.audiences, as_of)
         stats.membership_changes = update_membership(evaluated, cfg, as_of, True, txn_app_id, txn_version)
         with io.user_metadata(spark, new_state):
+            if not io.exists(spark, cfg, "gold.profile_traits"):
+                # deletion vectors: an incremental MERGE marks the replaced rows instead of rewriting files
+                io.ensure(spark, cfg, "gold.profile_traits", traits.select(*columns).schema, DV)
             io.overwrite(traits.select(*columns), cfg, "gold.profile_traits", txn_app_id, txn_version)
         stats.profiles = traits.count()
     else:
         stats.mode = "incremental"
         live_ids = graph.select("profile_id").distinct()
-        gone = touched.join(live_ids, "profile_id", "left_anti").localCheckpoint()
-        traits = compute_traits(
-            graph, events, orders, customers, cfg.traits, as_of, profile_ids=touched
-        ).localCheckpoint()
-        stats.profiles, stats.removed = traits.count(), gone.count()
+        with stats.phase("traits"):
+            gone = touched.join(live_ids, "profile_id", "left_anti").localCheckpoint()
+            traits = compute_traits(
+                graph, events, orders, customers, cfg.traits, as_of, profile_ids=touched
+            ).localCheckpoint()
+            stats.profiles, stats.removed = traits.count(), gone.count()
         if stats.profiles + stats.removed == 0:
             stats.mode, stats.reason = "skipped", "no profile touched since the last refresh"
         live = profiles.join(F.broadcast(traits.select("profile_id")), "profile_id", "left_semi")
@@ -178,8 +197,11 @@ def refresh_traits_and_audiences(
                 spark.createDataFrame([(a,) for a in cfg.audiences.definitions], "audience string")
             ).select("audience", "profile_id", F.lit(False).alias("qualifies"))
         )
-        stats.membership_changes = update_membership(evaluated, cfg, as_of, False, txn_app_id, txn_version)
-        with io.user_metadata(spark, new_state):
+        with stats.phase("audiences"):
+            stats.membership_changes = update_membership(
+                evaluated, cfg, as_of, False, txn_app_id, txn_version
+            )
+        with io.user_metadata(spark, new_state), stats.phase("write_traits"):
             io.merge_upsert(
                 io.upserts_and_deletes(traits.select(*columns), gone, "profile_id"),
                 cfg,
