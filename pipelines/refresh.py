@@ -154,10 +154,13 @@ def refresh_traits_and_audiences(
     elif state.get("columns") != columns:
         stats.reason, state = "trait definitions changed", None
 
-    graph = io.read_version(spark, cfg, "gold.identity_graph", versions["gold.identity_graph"])
-    events = silver_or_empty(spark, cfg, "silver.events", _at(versions["silver.events"]))
-    orders = silver_or_empty(spark, cfg, "silver.orders", _at(versions["silver.orders"]))
-    customers = silver_or_empty(spark, cfg, "silver.customers", _at(versions["silver.customers"]))
+    # The tables as they are now: at least the versions recorded (a writer may have committed since).
+    # Recording older versions than were read is safe: the next run's change feed starts after them and
+    # recomputes those people again. (Reading exactly those versions would cost a log replay per table.)
+    graph = io.read(spark, cfg, "gold.identity_graph")
+    events = silver_or_empty(spark, cfg, "silver.events")
+    orders = silver_or_empty(spark, cfg, "silver.orders")
+    customers = silver_or_empty(spark, cfg, "silver.customers")
     profiles = io.read(spark, cfg, "gold.profiles")
     touched = None
     if state is not None:
@@ -182,11 +185,14 @@ def refresh_traits_and_audiences(
         stats.profiles = traits.count()
     else:
         stats.mode = "incremental"
-        live_ids = graph.select("profile_id").distinct()
         with stats.phase("traits"):
-            gone = touched.join(live_ids, "profile_id", "left_anti").localCheckpoint()
+            # the touched people's graph rows: one scan of the graph with a broadcast filter
+            mine = graph.join(F.broadcast(touched), "profile_id", "left_semi").localCheckpoint()
+            gone = touched.join(
+                mine.select("profile_id").distinct(), "profile_id", "left_anti"
+            ).localCheckpoint()
             traits = compute_traits(
-                graph, events, orders, customers, cfg.traits, as_of, profile_ids=touched
+                mine, events, orders, customers, cfg.traits, as_of, profile_ids=touched
             ).localCheckpoint()
             stats.profiles, stats.removed = traits.count(), gone.count()
         if stats.profiles + stats.removed == 0:
@@ -214,7 +220,3 @@ def refresh_traits_and_audiences(
             )
     stats.seconds = round(time.time() - t0, 2)
     return stats
-
-
-def _at(version: int) -> int | None:
-    return version if version >= 0 else None

@@ -30,10 +30,19 @@ def with_as_of(sql: str, as_of: datetime) -> str:
 
 
 def source_views(
-    graph: DataFrame, events: DataFrame, orders: DataFrame, customers: DataFrame, session_gap_minutes: int
+    graph: DataFrame,
+    events: DataFrame,
+    orders: DataFrame,
+    customers: DataFrame,
+    session_gap_minutes: int,
+    small_graph: bool = False,
 ) -> dict[str, DataFrame]:
-    """The rows traits aggregate over, each with its ``profile_id``."""
+    """The rows traits aggregate over, each with its ``profile_id``. ``small_graph``: ``graph`` holds a few
+    profiles' rows (an incremental refresh), so it is broadcast into each source's join: the sources are
+    scanned once and never shuffled (Spark cannot know the filtered graph is small)."""
     ids = graph.select("identifier", "profile_id")
+    if small_graph:
+        ids = F.broadcast(ids)
     ev = events.withColumn("identifier", event_identifier()).join(ids, "identifier")
     # Sessions: a device's events (profile, anonymous id) more than the gap apart start a new session.
     # Segment's analytics.js keeps no session id in the event spec, so the rule is written here.
