@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -36,6 +34,7 @@ from pipelines.customers import silver_customers, standardize_customers
 from pipelines.orders import silver_orders, standardize_orders
 from pipelines.profiles import customer_identifier, event_identifier, order_identifier
 from pipelines.records import BRONZE_CSV_SCHEMA
+from pipelines.timing import PhaseTimer
 from pipelines.traits import compute_traits
 
 SOURCE_TABLES = ["silver.events", "silver.orders", "silver.customers", "gold.identity_graph"]
@@ -44,7 +43,7 @@ DV = {"delta.enableDeletionVectors": "true"}
 
 
 @dataclass
-class RefreshStats:
+class RefreshStats(PhaseTimer):
     mode: str = "skipped"  # full | incremental | skipped (no profiles yet, or nothing changed)
     reason: str = ""
     as_of: str = ""
@@ -54,14 +53,6 @@ class RefreshStats:
     versions: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     phases: dict[str, float] = field(default_factory=dict)  # seconds per step
-
-    @contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        t0 = time.time()
-        try:
-            yield
-        finally:
-            self.phases[name] = round(self.phases.get(name, 0.0) + time.time() - t0, 2)
 
 
 def silver_or_empty(spark: SparkSession, cfg: Config, name: str, version: int | None = None) -> DataFrame:

@@ -47,6 +47,7 @@ from pipelines.ingest import BatchStats, process_event_batch
 from pipelines.profile_ids import MERGES_SCHEMA, REGISTRY_SCHEMA
 from pipelines.profiles import build_profiles
 from pipelines.refresh import refresh_traits_and_audiences, silver_or_empty
+from pipelines.timing import PhaseTimer
 
 QUERY_NAME = "converge_events"
 STATUS_FILE = "converge_status.json"
@@ -109,7 +110,7 @@ def identity_lock(cfg: Config):
 
 
 @dataclass
-class IdentityStats:
+class IdentityStats(PhaseTimer):
     new_events: int = 0
     touched_identifiers: int = 0
     profiles_written: int = 0
@@ -118,14 +119,6 @@ class IdentityStats:
     replayed_staging: bool = False
     seconds: float = 0.0
     phases: dict[str, float] = field(default_factory=dict)  # seconds per step, for `stream status`
-
-    @contextmanager
-    def phase(self, name: str) -> Iterator[None]:
-        t0 = time.time()
-        try:
-            yield
-        finally:
-            self.phases[name] = round(self.phases.get(name, 0.0) + time.time() - t0, 2)
 
 
 def _versions(spark: SparkSession, cfg: Config) -> dict[str, int]:

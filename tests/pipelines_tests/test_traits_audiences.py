@@ -6,10 +6,11 @@ from decimal import Decimal
 
 from pyspark.sql import functions as F
 
+from assets.gold import _rebuild_profiles
 from pipelines import io
 from pipelines.customers import SILVER_COLUMNS as CUSTOMER_COLUMNS
 from pipelines.events import SILVER_COLUMNS as EVENT_COLUMNS
-from pipelines.profiles import build_profiles
+from pipelines.orders import SILVER_COLUMNS as ORDER_COLUMNS
 from pipelines.refresh import refresh_traits_and_audiences, silver_or_empty
 from pipelines.traits import compute_traits
 
@@ -81,23 +82,7 @@ def _ann_events():
 def _orders(spark, cfg, rows):
     shape = silver_or_empty(spark, cfg, "silver.orders")
     data = [
-        dict(
-            zip(
-                [
-                    "order_id",
-                    "source_system",
-                    "customer_source_id",
-                    "order_ts",
-                    "amount",
-                    "currency",
-                    "status",
-                ],
-                r,
-                strict=True,
-            )
-        )
-        | {"_source_file": "f", "_loaded_at": T}
-        for r in rows
+        dict(zip(ORDER_COLUMNS[:7], r, strict=True)) | {"_source_file": "f", "_loaded_at": T} for r in rows
     ]
     return spark.createDataFrame(data, shape.schema)
 
@@ -126,18 +111,6 @@ def _write_lakehouse(spark, cfg, graph_rows, events, orders, customers):
     io.overwrite(orders, cfg, "silver.orders")
     io.overwrite(customers, cfg, "silver.customers")
     _rebuild_profiles(spark, cfg)
-
-
-def _rebuild_profiles(spark, cfg):
-    profiles = build_profiles(
-        io.read(spark, cfg, "gold.identity_graph"),
-        io.read(spark, cfg, "silver.customers"),
-        io.read(spark, cfg, "silver.orders"),
-        io.read(spark, cfg, "silver.events"),
-        cfg.sources.priority,
-        cfg.profiles.survivorship,
-    )
-    io.overwrite(profiles.localCheckpoint(), cfg, "gold.profiles")
 
 
 def _base(spark, cfg):
