@@ -27,7 +27,7 @@ def test_lakehouse_argument_moves_tables_landing_and_checkpoints(tmp_path):
 
 
 def _conf_dir(tmp_path: Path, extra: str) -> Path:
-    for name in ("base.yaml", "identity.yaml"):
+    for name in ("base.yaml", *(f"{section}.yaml" for section in config_module.SECTION_FILES)):
         (tmp_path / name).write_text((config_module.PROJECT_ROOT / "conf" / name).read_text())
     (tmp_path / "broken.yaml").write_text(extra)
     return tmp_path
