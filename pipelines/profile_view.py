@@ -123,13 +123,13 @@ def render(view: ProfileView) -> str:
     if view.traits:
         lines += ["", "traits:"] + [f"  {k:<30} {v}" for k, v in view.traits.items()]
     lines += ["", "audiences:"]
-    for a in view.audiences:
+    for m in view.audiences:
         state = (
-            f"member since {a['entered_at']}"
-            if a["is_member"]
-            else f"left {a['exited_at']} (entered {a['entered_at']})"
+            f"member since {m['entered_at']}"
+            if m["is_member"]
+            else f"left {m['exited_at']} (entered {m['entered_at']})"
         )
-        lines.append(f"  {a['audience']:<24} {state}")
+        lines.append(f"  {m['audience']:<24} {state}")
     if not view.audiences:
         lines.append("  (none)")
     lines += ["", "recent events:"] + [
