@@ -55,11 +55,11 @@ class RefreshStats(PhaseTimer):
     phases: dict[str, float] = field(default_factory=dict)  # seconds per step
 
 
-def silver_or_empty(spark: SparkSession, cfg: Config, name: str, version: int | None = None) -> DataFrame:
-    """A silver batch table (at ``version``), or an empty frame of its shape when no batch load has run yet
-    (a lakehouse fed by the stream alone still gets profiles)."""
+def silver_or_empty(spark: SparkSession, cfg: Config, name: str) -> DataFrame:
+    """A silver batch table, or an empty frame of its shape when no batch load has run yet (a lakehouse
+    fed by the stream alone still gets profiles)."""
     if io.exists(spark, cfg, name):
-        return io.read(spark, cfg, name) if version is None else io.read_version(spark, cfg, name, version)
+        return io.read(spark, cfg, name)
     bronze = spark.createDataFrame([], BRONZE_CSV_SCHEMA)
     if name == "silver.customers":
         std = standardize_customers(
