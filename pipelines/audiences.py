@@ -117,20 +117,21 @@ def update_membership(
     )
 
 
+def _members(df: DataFrame) -> dict[str, int]:
+    """Current members per audience of a gold.audience_membership frame."""
+    return {
+        r["audience"]: int(r["count"]) for r in df.filter("is_member").groupBy("audience").count().collect()
+    }
+
+
 def audience_sizes(spark, cfg: Config) -> dict[str, int]:
     """Current members per configured audience (0 for an audience nobody is in)."""
-    sizes = dict.fromkeys(cfg.audiences.definitions, 0)
-    if io.exists(spark, cfg, "gold.audience_membership"):
-        for r in (
-            io.read(spark, cfg, "gold.audience_membership")
-            .filter("is_member")
-            .groupBy("audience")
-            .count()
-            .collect()
-        ):
-            if r["audience"] in sizes:
-                sizes[r["audience"]] = int(r["count"])
-    return sizes
+    counts = (
+        _members(io.read(spark, cfg, "gold.audience_membership"))
+        if io.exists(spark, cfg, "gold.audience_membership")
+        else {}
+    )
+    return {a: counts.get(a, 0) for a in cfg.audiences.definitions}
 
 
 def size_changes(spark, cfg: Config) -> dict[str, tuple[int, int]]:
@@ -139,13 +140,9 @@ def size_changes(spark, cfg: Config) -> dict[str, tuple[int, int]]:
     now = io.version(spark, cfg, "gold.audience_membership")
 
     def sizes(version: int) -> dict[str, int]:
-        if version < 0:
-            return {}
-        df = io.read_version(spark, cfg, "gold.audience_membership", version)
-        return {
-            r["audience"]: int(r["count"])
-            for r in df.filter("is_member").groupBy("audience").count().collect()
-        }
+        return (
+            _members(io.read_version(spark, cfg, "gold.audience_membership", version)) if version >= 0 else {}
+        )
 
     before, after = sizes(now - 1), sizes(now)
     return {a: (before.get(a, 0), after.get(a, 0)) for a in cfg.audiences.definitions}

@@ -129,6 +129,11 @@ def version(spark: SparkSession, cfg: Config, name: str) -> int:
     return last[0]["version"] if last else -1
 
 
+def versions(spark: SparkSession, cfg: Config, names: Sequence[str]) -> dict[str, int]:
+    """Each table's latest version, -1 for a table that does not exist yet."""
+    return {t: version(spark, cfg, t) if exists(spark, cfg, t) else -1 for t in names}
+
+
 def _clear_uncommitted_creation(cfg: Config, name: str) -> None:
     """Remove the ``_delta_log`` of a table whose creation never committed (the writer was killed before
     version 0 landed: only temporary files). Delta would take the folder for a table and fail every later

@@ -72,10 +72,6 @@ def silver_or_empty(spark: SparkSession, cfg: Config, name: str) -> DataFrame:
     return spark.createDataFrame([], shaped.schema)
 
 
-def _versions(spark: SparkSession, cfg: Config) -> dict[str, int]:
-    return {t: io.version(spark, cfg, t) if io.exists(spark, cfg, t) else -1 for t in SOURCE_TABLES}
-
-
 def last_state(spark: SparkSession, cfg: Config) -> dict | None:
     """What the last refresh recorded: source versions, as_of and the trait columns; None if none ran."""
     if not io.exists(spark, cfg, "gold.profile_traits"):
@@ -128,7 +124,7 @@ def refresh_traits_and_audiences(
     t0 = time.time()
     stats = RefreshStats()
     with stats.phase("versions"):
-        versions = _versions(spark, cfg)
+        versions = io.versions(spark, cfg, SOURCE_TABLES)
     stats.versions = versions
     if versions["gold.identity_graph"] < 0 or not io.exists(spark, cfg, "gold.profiles"):
         stats.reason = "no identity graph or profiles yet"

@@ -121,10 +121,6 @@ class IdentityStats(PhaseTimer):
     phases: dict[str, float] = field(default_factory=dict)  # seconds per step, for `stream status`
 
 
-def _versions(spark: SparkSession, cfg: Config) -> dict[str, int]:
-    return {t: io.version(spark, cfg, t) if io.exists(spark, cfg, t) else -1 for t in GOLD_TABLES}
-
-
 def _ensure_identity_tables(spark: SparkSession, cfg: Config) -> None:
     for name, schema in (
         ("gold.identity_graph", GRAPH_SCHEMA),
@@ -143,7 +139,7 @@ def _stage_identity(
     """Compute the identity update of the new events' identifier observations ``obs`` and write it to
     ``stage`` (complete when _COMPLETE)."""
     shutil.rmtree(stage, ignore_errors=True)
-    base = _versions(spark, cfg)
+    base = io.versions(spark, cfg, GOLD_TABLES)
     silver = io.read(spark, cfg, "silver.events")
     with stats.phase("components"):
         result = incremental_identity(
