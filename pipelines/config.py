@@ -16,7 +16,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-SECTION_FILES = ("identity", "profiles", "traits", "audiences")  # conf/<name>.yaml holds the `<name>` section
+SECTION_FILES = (
+    "identity",
+    "profiles",
+    "traits",
+    "audiences",
+    "policies",
+    "destinations",
+    "governance",
+)  # conf/<name>.yaml holds the `<name>` section
 CONF_DIR = Path(os.environ.get("CONVERGE_CONF_DIR", PROJECT_ROOT / "conf"))
 
 
@@ -299,6 +307,83 @@ class AudiencesConfig(_Strict):
     _names = field_validator("definitions")(classmethod(lambda cls, v: _sql_names(v)))
 
 
+PII_CLASSES = ("email", "phone", "name", "address", "date_of_birth", "ip", "identifier", "free_text")
+Treatment = Literal["plain", "sha256", "mask", "drop"]
+
+
+class PoliciesConfig(_Strict):
+    """conf/policies.yaml: which columns hold which class of personal data, and who may receive what.
+
+    ``classes``: class -> column names (any table). ``non_personal``: string columns that may keep Delta
+    per-file statistics (numbers, dates, booleans always may; every other string column is kept out, so
+    the log never holds a personal value as a min/max). ``views``: an analyst view per name, class ->
+    treatment; ``destinations``: destination -> class -> treatment (a class not listed is not sent)."""
+
+    classes: dict[Literal[PII_CLASSES], list[str]] = {}  # type: ignore[valid-type]
+    non_personal: list[str] = []
+    hash_salt_env: str = "CONVERGE_HASH_SALT"  # analyst views hash with this salt (sha256 stays unsalted)
+    views: dict[str, dict[Literal[PII_CLASSES], Treatment]] = {}  # type: ignore[valid-type]
+    destinations: dict[str, dict[Literal[PII_CLASSES], Treatment]] = {}  # type: ignore[valid-type]
+
+    @model_validator(mode="after")
+    def _one_class_per_column(self) -> PoliciesConfig:
+        seen: dict[str, str] = {}
+        for cls, columns in self.classes.items():
+            for c in columns:
+                if c in seen:
+                    raise ValueError(f"column {c!r} is in two classes: {seen[c]} and {cls}")
+                seen[c] = cls
+        return self
+
+    def class_of(self, column: str) -> str | None:
+        return next((cls for cls, cols in self.classes.items() if column in cols), None)
+
+
+class DestinationConfig(_Strict):
+    """One activation destination (conf/destinations.yaml)."""
+
+    type: Literal["webhook", "file", "kafka"]
+    audiences: list[str] = []  # enter/exit events of these audiences ([] = every audience)
+    fields: list[str] = []  # profile or trait columns sent with each event (policies decide how)
+    consent: list[str] = []  # categories that must be granted (a missing category is not granted)
+    batch_size: int = Field(500, ge=1)
+    enabled: bool = True
+    # webhook
+    url: str | None = None
+    headers: dict[str, str] = {}  # values may name an environment variable as ${NAME} (secrets)
+    timeout_s: float = Field(10.0, gt=0)
+    max_attempts: int = Field(5, ge=1)
+    backoff_s: float = Field(1.0, ge=0)  # first retry waits this long, then doubling
+    # file
+    path: Path | None = None  # folder; relative paths are under the lakehouse root
+    format: Literal["csv", "parquet"] = "csv"
+    # kafka
+    topic: str | None = None
+    bootstrap_servers: str | None = None  # default: streaming.kafka.bootstrap_servers
+
+    @model_validator(mode="after")
+    def _required(self) -> DestinationConfig:
+        need = {"webhook": "url", "file": "path", "kafka": "topic"}[self.type]
+        if getattr(self, need) is None:
+            raise ValueError(f"a {self.type} destination needs `{need}`")
+        return self
+
+
+class DestinationsConfig(_Strict):
+    definitions: dict[str, DestinationConfig] = {}
+
+    _names = field_validator("definitions")(classmethod(lambda cls, v: _sql_names(v)))
+
+
+class GovernanceConfig(_Strict):
+    """conf/governance.yaml: consent categories and how deletions are carried out."""
+
+    consent_categories: list[str] = Field(default_factory=list)
+    vacuum_retention_hours: float = Field(168, ge=0)  # < 168 turns Delta's retention safety check off
+    conflict_attempts: int = Field(8, ge=1)  # a deletion racing the stream retries this often
+    scan_paths: list[Path] = []  # more folders `forget --verify` searches (relative: project root)
+
+
 class CollectorSourceConfig(_Strict):
     """One tracking source (an app, a website): its write key and what the collector does for it."""
 
@@ -355,6 +440,30 @@ class Config(_Strict):
     audiences: AudiencesConfig = AudiencesConfig()
     collector: CollectorConfig = CollectorConfig()
     sql_server: SqlServerConfig = SqlServerConfig()
+    policies: PoliciesConfig = PoliciesConfig()
+    destinations: DestinationsConfig = DestinationsConfig()
+    governance: GovernanceConfig = GovernanceConfig()
+
+    @model_validator(mode="after")
+    def _destinations_fit(self) -> Config:
+        """Every destination names known audiences and consent categories, and every field it sends that
+        holds personal data is allowed for it by conf/policies.yaml."""
+        for name, d in self.destinations.definitions.items():
+            unknown = sorted(set(d.audiences) - set(self.audiences.definitions))
+            if unknown:
+                raise ValueError(f"destinations.{name}: unknown audiences {unknown}")
+            bad = sorted(set(d.consent) - set(self.governance.consent_categories))
+            if bad:
+                raise ValueError(f"destinations.{name}: unknown consent categories {bad}")
+            allowed = self.policies.destinations.get(name, {})
+            for f in d.fields:
+                cls = self.policies.class_of(f)
+                if cls is not None and allowed.get(cls, "drop") == "drop":  # type: ignore[call-overload]
+                    raise ValueError(
+                        f"destinations.{name}: field {f!r} holds {cls} data, which conf/policies.yaml "
+                        f"does not allow for {name}"
+                    )
+        return self
 
     @model_validator(mode="after")
     def _systems_have_identifier_types(self) -> Config:

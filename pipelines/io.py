@@ -25,6 +25,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
 from pipelines.config import Config
+from pipelines.policies import stats_properties
 
 T = TypeVar("T")
 
@@ -42,6 +43,13 @@ TABLES: dict[str, str] = {
     "gold.profile_merges": "merges and splits of profiles, when, and the edge that caused them",
     "gold.profile_traits": "computed traits per profile (conf/traits.yaml)",
     "gold.audience_membership": "who is in which audience, entered_at / exited_at (change feed = enter/exit events)",
+    "gold.consent": "every consent answer per person and category, with its event time",
+    "activation.sync_state": "per destination: the membership version synced, and the pinned run in progress",
+    "activation.deliveries": "every batch delivered (or dead-lettered) to a destination, by idempotency key",
+    "activation.dead_letters": "batches a destination refused (4xx), with its response and the payload",
+    "governance.deletion_requests": "right-to-be-forgotten requests (identifier hashed) and their status",
+    "governance.suppression": "hashes of forgotten identifiers: their late events go to quarantine",
+    "governance.audit_log": "append-only: each deletion, what it touched, rows removed, Delta versions",
     "quarantine.crm_customers": "customer rows that could not be loaded, with reason",
     "quarantine.orders": "order rows that could not be loaded, with reason",
     "quarantine.events": "events that could not be loaded, with reason",
@@ -148,11 +156,14 @@ def _clear_uncommitted_creation(cfg: Config, name: str) -> None:
 def ensure(
     spark: SparkSession, cfg: Config, name: str, schema: StructType, properties: dict[str, str] | None = None
 ) -> None:
-    """Create the table empty with ``schema`` if it does not exist (a MERGE needs a target)."""
-    if not exists(spark, cfg, name):
-        _clear_uncommitted_creation(cfg, name)
+    """Create the table empty with ``schema`` if it does not exist (a MERGE needs a target). Every table
+    is created here, with per-file statistics only on columns conf/policies.yaml calls non-personal."""
+    if exists(spark, cfg, name):
+        _register(spark, cfg, name)
+        return
+    _clear_uncommitted_creation(cfg, name)
     builder = DeltaTable.createIfNotExists(spark).location(path_of(cfg, name)).addColumns(schema)
-    for key, value in (properties or {}).items():
+    for key, value in (stats_properties(schema, cfg.policies) | (properties or {})).items():
         builder = builder.property(key, value)
     retry_on_conflict(builder.execute)
     _register(spark, cfg, name)
@@ -163,8 +174,7 @@ def overwrite(
 ) -> None:
     """Replace a derived table's content (its history stays for time travel); with ``txn_app_id`` and
     ``txn_version`` a retried write of the same version is skipped."""
-    if not exists(df.sparkSession, cfg, name):
-        _clear_uncommitted_creation(cfg, name)
+    ensure(df.sparkSession, cfg, name, df.schema)
     writer = df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
     if txn_app_id is not None and txn_version is not None:
         writer = writer.option("txnAppId", txn_app_id).option("txnVersion", txn_version)
@@ -176,8 +186,7 @@ def append(
     df: DataFrame, cfg: Config, name: str, txn_app_id: str | None = None, txn_version: int | None = None
 ) -> None:
     """Blind append; with ``txn_app_id``/``txn_version`` a retried write of the same version is skipped."""
-    if not exists(df.sparkSession, cfg, name):
-        _clear_uncommitted_creation(cfg, name)
+    ensure(df.sparkSession, cfg, name, df.schema)
     writer = df.write.format("delta").mode("append")
     if txn_app_id is not None and txn_version is not None:
         writer = writer.option("txnAppId", txn_app_id).option("txnVersion", txn_version)
