@@ -7,6 +7,7 @@ from pyspark.sql import SparkSession
 
 from pipelines import io
 from pipelines.config import Config
+from pipelines.policies import preview_safe
 
 
 def table_result(
@@ -14,7 +15,8 @@ def table_result(
 ) -> MaterializeResult:
     """A MaterializeResult for the table ``layer.name`` as it is now on disk."""
     df = io.read(spark, cfg, name)
-    preview = df.limit(preview_rows).toPandas() if preview_rows else None
+    # previews live on in Dagster's event log: personal columns as the analysts' view shows them
+    preview = preview_safe(df.limit(preview_rows), cfg.policies).toPandas() if preview_rows else None
     metadata: dict[str, Any] = {
         "dagster/row_count": df.count(),
         "delta_version": io.version(spark, cfg, name),

@@ -278,6 +278,63 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0 if view.profile_id else 3
 
 
+def cmd_forget(args: argparse.Namespace) -> int:
+    """Record a deletion request (the Dagster sensor fulfils it), fulfil it now, or verify one."""
+    from pipelines.forget import fulfil, pending_requests, request_deletion
+    from pipelines.proof import verify
+    from pipelines.stream import identity_lock, writes_lock
+
+    spark, cfg = _spark()
+    if args.verify:
+        proof = verify(spark, cfg, args.target)
+        print(
+            f"request {args.target}: {proof.files_scanned} files ({proof.bytes_scanned:,} bytes) searched for "
+            f"{proof.values_searched} values; found {len(proof.found)}"
+        )
+        for hit in proof.found:
+            print(f"  FOUND in {hit['path']}")
+        return 0 if proof.clean else 1
+    request_id = request_deletion(spark, cfg, args.target, args.reason or "")
+    print(f"deletion request {request_id} recorded")
+    if args.now:
+        request = next(r for r in pending_requests(cfg) if r["request_id"] == request_id)
+        with writes_lock(cfg), identity_lock(cfg):
+            result = fulfil(spark, cfg, request)
+        print(
+            f"fulfilled in {result.seconds} s: {sum(result.rows_removed.values())} rows from "
+            f"{len(result.rows_removed)} tables, {len(result.files)} files rewritten"
+        )
+    else:
+        print("the Dagster sensor `deletion_requests` fulfils it (or run again with --now)")
+    return 0
+
+
+def cmd_sync(args: argparse.Namespace) -> int:
+    """Send destinations their audience enter/exit events (resumes a failed sync)."""
+    from dataclasses import asdict
+
+    from pipelines.destinations import sync_destination
+    from pipelines.senders import DeliveryFailed
+
+    spark, cfg = _spark()
+    names = args.destination or [n for n, d in cfg.destinations.definitions.items() if d.enabled]
+    failed = 0
+    for name in names:
+        if name not in cfg.destinations.definitions:
+            print(
+                f"unknown destination {name!r}; configured: {sorted(cfg.destinations.definitions)}",
+                file=sys.stderr,
+            )
+            return 2
+        try:
+            stats = asdict(sync_destination(spark, cfg, name))
+            print(json.dumps({k: v for k, v in stats.items() if k != "state"}))
+        except DeliveryFailed as exc:
+            failed += 1
+            print(f"{name}: {exc}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def cmd_sql_server(args: argparse.Namespace) -> int:
     import signal
 
@@ -506,6 +563,23 @@ def build_parser() -> argparse.ArgumentParser:
     ss.add_argument("--port", type=int, help="override sql_server.port")
     ss.set_defaults(fn=cmd_sql_server)
 
+    fg = sub.add_parser("forget", help="right to be forgotten: record a deletion request, or verify one")
+    fg.add_argument(
+        "target", help="type:value of the person (e.g. email:ann@example.com), or with --verify a request id"
+    )
+    fg.add_argument("--reason", help="why (kept in the audit log)")
+    fg.add_argument(
+        "--now", action="store_true", help="fulfil it in this process instead of via the Dagster sensor"
+    )
+    fg.add_argument(
+        "--verify", action="store_true", help="search every table version and file for the person"
+    )
+    fg.set_defaults(fn=cmd_forget)
+
+    sy = sub.add_parser("sync", help="send destinations their audience enter/exit events")
+    sy.add_argument("--destination", action="append", help="only this destination (repeatable)")
+    sy.set_defaults(fn=cmd_sync)
+
     t = sub.add_parser("tables", help="list tables with row counts")
     t.add_argument("--format", choices=["table", "csv", "json"], default="table")
     t.set_defaults(fn=cmd_tables)
@@ -587,7 +661,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)
         return 2
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, LookupError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

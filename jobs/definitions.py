@@ -5,21 +5,26 @@ from pathlib import Path
 from dagster import (
     AssetSelection,
     DefaultScheduleStatus,
+    DefaultSensorStatus,
     Definitions,
     RunRequest,
     ScheduleDefinition,
     ScheduleEvaluationContext,
+    SensorEvaluationContext,
     SkipReason,
     define_asset_job,
     in_process_executor,
+    job,
     schedule,
+    sensor,
 )
 
-from assets import activation, checks, gold, ingest, silver
+from assets import activation, checks, gold, governance, ingest, silver
 from assets.resources import SparkResource
 from jobs.automation import events_catch_up, events_every_15_minutes, new_event_files, stream_progress
 from jobs.replay import replay_events
 from pipelines.config import load_config
+from pipelines.forget import pending_requests
 
 ALL_ASSETS = [
     ingest.crm_customers,
@@ -31,6 +36,8 @@ ALL_ASSETS = [
     gold.identity_graph_assets,
     gold.profiles,
     activation.traits_and_audiences,
+    governance.consent,
+    governance.destination_syncs,
 ]
 
 # One SparkSession per run: every step runs in the run's process (a JVM per step costs 3-5 s and ~1 GB).
@@ -67,6 +74,39 @@ def audiences_schedule(context: ScheduleEvaluationContext):
     return RunRequest(run_key=None, tags={"converge/refresh": "scheduled"})
 
 
+destinations_sync = define_asset_job(
+    "destinations_sync",
+    selection=AssetSelection.assets(governance.consent, governance.destination_syncs),
+    executor_def=in_process_executor,
+    description="Refresh consent and send every destination its audience enter/exit events (resumes a "
+    "failed sync where it stopped).",
+    tags={"converge/spark": "true"},
+)
+
+
+@job(executor_def=in_process_executor, tags={"converge/spark": "true"})
+def forget():
+    """Fulfil one right-to-be-forgotten request: every table and file, purged, audited (the
+    deletion_requests sensor starts one run per request)."""
+    governance.fulfil_deletion_request()
+
+
+@sensor(job=forget, minimum_interval_seconds=30, default_status=DefaultSensorStatus.RUNNING)
+def deletion_requests(context: SensorEvaluationContext):
+    """One `forget` run per new request of `converge forget` (pending files, read without Spark)."""
+    pending = pending_requests(load_config())
+    if not pending:
+        return SkipReason("no pending deletion requests")
+    return [
+        RunRequest(
+            run_key=r["request_id"],
+            run_config={"ops": {"fulfil_deletion_request": {"config": {"request_id": r["request_id"]}}}},
+            tags={"converge/deletion_request": r["request_id"]},
+        )
+        for r in pending
+    ]
+
+
 nightly = ScheduleDefinition(
     name="converge_nightly", job=converge_all, cron_schedule="0 2 * * *", execution_timezone="UTC"
 )
@@ -74,8 +114,8 @@ nightly = ScheduleDefinition(
 defs = Definitions(
     assets=ALL_ASSETS,
     asset_checks=[*checks.quality_checks, activation.members_are_live_profiles],
-    jobs=[converge_all, events_catch_up, replay_events, audiences_refresh],
+    jobs=[converge_all, events_catch_up, replay_events, audiences_refresh, destinations_sync, forget],
     schedules=[nightly, events_every_15_minutes, audiences_schedule],
-    sensors=[new_event_files, stream_progress],
+    sensors=[new_event_files, stream_progress, deletion_requests],
     resources={"spark": SparkResource()},
 )

@@ -39,8 +39,8 @@ from pipelines.policies import destination_fields
 from pipelines.senders import sender_for
 
 STATE_SCHEMA = (
-    "destination string, synced_version long, pending_from long, pending_to long, pins string, "
-    "updated_at timestamp"
+    "destination string, synced_version long, synced_updated_at timestamp, pending_from long, pending_to long, "
+    "pins string, updated_at timestamp"
 )
 DELIVERY_SCHEMA = (
     "destination string, idempotency_key string, run_from long, run_to long, batch_index int, events int, "
@@ -122,13 +122,47 @@ def audience_changes(
     )
 
 
+def changes_since(
+    spark: SparkSession, cfg: Config, since: str | None, end: int, audiences: list[str]
+) -> DataFrame:
+    """The same shape as ``audience_changes`` from the membership rows updated after ``since``: for a range
+    whose history a deletion's VACUUM removed (time travel and the change feed need the old files)."""
+    rows = io.read_version(spark, cfg, "gold.audience_membership", end)
+    if audiences:
+        rows = rows.filter(F.col("audience").isin(audiences))
+    if since is None:
+        rows = rows.filter("is_member")
+    else:
+        rows = rows.filter(F.col("updated_at") > F.lit(since).cast("timestamp"))
+    return rows.select(
+        "audience",
+        "profile_id",
+        "is_member",
+        F.col("updated_at").alias("at"),
+        F.lit(end).alias("commit_version"),
+    )
+
+
+def _vacuumed(exc: Exception) -> bool:
+    text = str(exc)
+    return any(
+        m in text
+        for m in (
+            "FILE_NOT_EXIST",
+            "DELTA_FILE_NOT_FOUND",
+            "DELTA_CHANGE_DATA_FILE_NOT_FOUND",
+            "does not exist",
+        )
+    )
+
+
 def _pinned(spark: SparkSession, cfg: Config, name: str, pins: dict) -> DataFrame | None:
     """``name`` at its pinned version; the current one if that version was vacuumed away (a deletion ran
     since: the deleted person must not come back from the past); None if the table does not exist."""
     if not io.exists(spark, cfg, name):
         return None
     try:
-        df = io.read_version(spark, cfg, name, pins[name])
+        df = io.read_version(spark, cfg, name, pins.get(name, -1))
         df.limit(1).collect()
         return df
     except Exception:
@@ -140,7 +174,14 @@ def build_events(
 ) -> tuple[DataFrame, int]:
     """The run's events in send order (one JSON document per row, with batch_index and profile_id), and
     the number of changes left out for want of consent."""
-    changes = audience_changes(spark, cfg, start, end, dest.audiences)
+    try:  # the change feed, read now: a range whose files a deletion vacuumed fails here
+        changes = audience_changes(spark, cfg, start, end, dest.audiences).localCheckpoint()
+    except Exception as exc:
+        if not _vacuumed(exc):
+            raise
+        changes = changes_since(
+            spark, cfg, pins.get("synced_updated_at"), end, dest.audiences
+        ).localCheckpoint()
     profiles, traits = (
         _pinned(spark, cfg, "gold.profiles", pins),
         _pinned(spark, cfg, "gold.profile_traits", pins),
@@ -204,6 +245,13 @@ def sync_destination(spark: SparkSession, cfg: Config, name: str, sleep=time.sle
         if start > end:
             return stats
         pins = io.versions(spark, cfg, PINNED)
+        latest = (
+            io.read_version(spark, cfg, "gold.audience_membership", end).agg(F.max("updated_at")).first()[0]
+        )
+        pins |= {
+            "synced_updated_at": str(state["synced_updated_at"]) if state.get("synced_updated_at") else None,
+            "max_updated_at": str(latest) if latest else None,
+        }
         state |= {"pending_from": start, "pending_to": end, "pins": json.dumps(pins)}
         _write_state(spark, cfg, state)
     stats.run_from, stats.run_to = start, end
@@ -243,7 +291,14 @@ def sync_destination(spark: SparkSession, cfg: Config, name: str, sleep=time.sle
         )  # fmt: skip
         io.append(spark.createDataFrame([record], DELIVERY_SCHEMA), cfg, "activation.deliveries")
         stats.batches_sent += 1
-    state |= {"synced_version": end, "pending_from": None, "pending_to": None, "pins": None}
+    done_at = pins.get("max_updated_at")
+    state |= {
+        "synced_version": end,
+        "synced_updated_at": datetime.fromisoformat(done_at) if done_at else state.get("synced_updated_at"),
+        "pending_from": None,
+        "pending_to": None,
+        "pins": None,
+    }
     _write_state(spark, cfg, state)
     stats.state, stats.seconds = state, round(time.time() - t0, 2)
     return stats

@@ -18,6 +18,7 @@ from pyspark.sql import functions as F
 from pipelines import io
 from pipelines.config import Config
 from pipelines.events import flag_conflicts, parse_events, quarantined_events, silver_events
+from pipelines.forget import flag_suppressed
 from pipelines.records import csv_to_bronze
 
 
@@ -52,14 +53,19 @@ def load_csv_feed(spark: SparkSession, cfg: Config, folder: Path, feed: str, tab
 
 def parse_configured(raw: DataFrame, cfg: Config, known: DataFrame | None = None) -> DataFrame:
     """``parse_events`` with the limits from conf (events.*), then messageId conflicts flagged (against
-    ``known`` silver events, when given)."""
+    ``known`` silver events, when given), then events of forgotten people flagged ``suppressed``
+    (governance.suppression): a load and its reconciliation decide alike."""
     e = cfg.events
-    return flag_conflicts(
+    parsed = flag_conflicts(
         parse_events(
             raw, e.max_event_bytes, e.min_event_time, e.max_future_seconds, cfg.sources.default_phone_region
         ),
         known,
     )
+    spark = raw.sparkSession
+    if io.exists(spark, cfg, "governance.suppression"):
+        parsed = flag_suppressed(parsed, io.read(spark, cfg, "governance.suppression"), cfg)
+    return parsed
 
 
 def process_event_batch(

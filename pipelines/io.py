@@ -25,7 +25,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
 
 from pipelines.config import Config
-from pipelines.policies import stats_properties
+from pipelines.policies import stats_properties, view_sql
 
 T = TypeVar("T")
 
@@ -509,4 +509,9 @@ def register_tables(spark: SparkSession, cfg: Config) -> list[str]:
         if exists(spark, cfg, name):
             _register(spark, cfg, name)
             registered.append(name)
+    if "gold.profiles" in registered and "profiles_masked" in cfg.policies.views:
+        # analysts' view: personal columns hashed, masked or left out as conf/policies.yaml says
+        sql = view_sql(spark.table("gold.profiles").schema, cfg.policies, "profiles_masked", "gold.profiles")
+        spark.sql(f"CREATE OR REPLACE VIEW gold.profiles_masked AS {sql}")
+        registered.append("gold.profiles_masked")
     return registered

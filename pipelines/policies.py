@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql.types import ArrayType, DateType, NumericType, StringType, StructType, TimestampType
 
@@ -45,37 +45,47 @@ def stats_properties(schema: StructType, policies: PoliciesConfig) -> dict[str, 
     return {"delta.dataSkippingStatsColumns": ",".join(f"`{c}`" for c in cols)}
 
 
-def _normalised(value: Column, cls: str) -> Column:
+def _sql_string(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _normalised(expr: str, cls: str) -> str:
     """The form a class is hashed in: emails trimmed and lower-cased (phones are E.164 already)."""
-    return F.lower(F.trim(value)) if cls == "email" else F.trim(value.cast("string"))
+    return f"lower(trim({expr}))" if cls == "email" else f"trim(CAST({expr} AS STRING))"
 
 
-def _treat(col: Column, data_type, cls: str, treatment: str, salt: str) -> Column | None:
-    """One column under one treatment (None: dropped). Arrays are treated element by element."""
+def _treat(expr: str, data_type, cls: str, treatment: str, salt: str) -> str | None:
+    """SQL for one column under one treatment (None: dropped); arrays element by element. SQL, so the
+    same text serves DataFrames and the catalog view ``gold.profiles_masked``."""
     if treatment == "drop":
         return None
     if treatment == "plain":
-        return col
+        return expr
     if isinstance(data_type, ArrayType):
-        inner = data_type.elementType
-        return F.transform(col, lambda x: _treat(x, inner, cls, treatment, salt))  # type: ignore[arg-type,return-value]
+        inner = _treat("x", data_type.elementType, cls, treatment, salt)
+        return f"transform({expr}, x -> {inner})"
     if treatment == "sha256":
-        return F.sha2(F.concat(F.lit(salt), _normalised(col, cls)), 256)
-    text = col.cast("string")  # mask: the first character stays, so a name is still recognisable as one
-    return F.when(text.isNotNull(), F.concat(F.substring(text, 1, 1), F.lit("***")))
+        return f"sha2(concat({_sql_string(salt)}, {_normalised(expr, cls)}), 256)"
+    # mask: the first character stays, so a name is still recognisable as one
+    return (
+        f"CASE WHEN {expr} IS NULL THEN NULL ELSE concat(substring(CAST({expr} AS STRING), 1, 1), '***') END"
+    )
 
 
-def _project(df: DataFrame, allowed: dict[str, str], policies: PoliciesConfig, salt: str) -> DataFrame:
-    cols = []
-    for f in df.schema.fields:
+def projection(schema: StructType, allowed: dict[str, str], policies: PoliciesConfig, salt: str) -> list[str]:
+    """SQL select items: unclassified columns as they are, classified ones treated as ``allowed`` says."""
+    items = []
+    for f in schema.fields:
+        col = f"`{f.name}`"
         cls = policies.class_of(f.name)
-        if cls is None:
-            cols.append(F.col(f"`{f.name}`"))
-            continue
-        treated = _treat(F.col(f"`{f.name}`"), f.dataType, cls, allowed.get(cls, "drop"), salt)
+        treated = col if cls is None else _treat(col, f.dataType, cls, allowed.get(cls, "drop"), salt)
         if treated is not None:
-            cols.append(treated.alias(f.name))
-    return df.select(*cols)
+            items.append(treated if treated == col else f"{treated} AS {col}")
+    return items
+
+
+def _view_salt(policies: PoliciesConfig) -> str:
+    return os.environ.get(policies.hash_salt_env, "")
 
 
 def mask_for_view(df: DataFrame, policies: PoliciesConfig, view: str = "profiles_masked") -> DataFrame:
@@ -83,7 +93,21 @@ def mask_for_view(df: DataFrame, policies: PoliciesConfig, view: str = "profiles
     Hashes are salted with ``$<hash_salt_env>`` so a view's hash is no match key outside Converge."""
     if view not in policies.views:
         raise KeyError(f"no view {view!r} in conf/policies.yaml; views: {sorted(policies.views)}")
-    return _project(df, policies.views[view], policies, os.environ.get(policies.hash_salt_env, ""))
+    return df.selectExpr(*projection(df.schema, policies.views[view], policies, _view_salt(policies)))
+
+
+def preview_safe(df: DataFrame, policies: PoliciesConfig) -> DataFrame:
+    """What a materialization preview (kept in Dagster's event log) may show: the analysts' view when
+    one is configured, else no personal column at all."""
+    view = "profiles_masked"
+    allowed = policies.views.get(view, {})
+    return df.selectExpr(*projection(df.schema, allowed, policies, _view_salt(policies)))
+
+
+def view_sql(schema: StructType, policies: PoliciesConfig, view: str, source: str) -> str:
+    """``SELECT ... FROM source`` for a catalog view under the named policy view."""
+    items = projection(schema, policies.views[view], policies, _view_salt(policies))
+    return f"SELECT {', '.join(items)} FROM {source}"
 
 
 def destination_fields(
@@ -96,9 +120,7 @@ def destination_fields(
         raise ValueError(
             f"destination {destination}: fields {missing} are neither profile columns nor traits"
         )
-    return _project(
-        df.select("profile_id", *[F.col(f"`{f}`") for f in fields if f != "profile_id"]),
-        policies.destinations.get(destination, {}),
-        policies,
-        "",
+    chosen = df.select("profile_id", *[F.col(f"`{f}`") for f in fields if f != "profile_id"])
+    return chosen.selectExpr(
+        *projection(chosen.schema, policies.destinations.get(destination, {}), policies, "")
     )

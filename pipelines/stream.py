@@ -109,6 +109,13 @@ def identity_lock(cfg: Config):
     return file_lock(cfg.lakehouse.root / "_locks" / "identity.lock", "an identity update")
 
 
+def writes_lock(cfg: Config):
+    """Held by the stream for each micro-batch and by a deletion for its whole run: a deletion's VACUUM
+    must never see a micro-batch's files written but not yet committed (it would remove them). Taken
+    before ``identity_lock`` wherever both are held."""
+    return file_lock(cfg.lakehouse.root / "_locks" / "writes.lock", "a lakehouse write")
+
+
 @dataclass
 class IdentityStats(PhaseTimer):
     new_events: int = 0
@@ -339,12 +346,13 @@ def run_stream(
     identity: dict[int, IdentityStats] = {}
 
     def handle(batch: DataFrame, batch_id: int) -> None:
-        stats, events = process_event_batch(batch, batch_id, cfg, app_id, return_events=True)
-        try:
-            if update_identity and stats.accepted:
-                identity[batch_id] = update_identity_for_batch(spark, cfg, events, app_id, batch_id)
-        finally:
-            events.unpersist()
+        with writes_lock(cfg):
+            stats, events = process_event_batch(batch, batch_id, cfg, app_id, return_events=True)
+            try:
+                if update_identity and stats.accepted:
+                    identity[batch_id] = update_identity_for_batch(spark, cfg, events, app_id, batch_id)
+            finally:
+                events.unpersist()
         processed.append(stats)
 
     with file_lock(

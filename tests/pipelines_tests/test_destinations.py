@@ -3,9 +3,7 @@ rerun and a crash-resume, against a real HTTP server, a real Kafka broker and re
 
 import hashlib
 import json
-import threading
 from datetime import datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pyarrow.csv as pacsv
 import pytest
@@ -17,6 +15,7 @@ from pipelines.config import ConfigError, load_config
 from pipelines.consent import consent_history, current_consent
 from pipelines.destinations import sync_destination
 from pipelines.senders import DeliveryFailed
+from tests.net import Receiver
 
 T = datetime(2026, 11, 20, 12, 0, 0)
 GRAPH = [  # Ann on two devices (one merged profile), Bob, Cy (never answered), Di, Ed, Flo
@@ -51,42 +50,6 @@ PEOPLE = {  # profile_id: (first_name, email, phone, lifetime_value)
     "p5": ("Ed", "ed@example.com", "+15550000005", 650.0),
     "p6": ("Flo", "flo@example.com", "+15550000006", 675.0),
 }
-
-
-class Receiver:
-    """A webhook endpoint on 127.0.0.1 that records every POST and answers as told."""
-
-    def __init__(self):
-        self.posts: list[dict] = []
-        self.answers: list[int] = []  # status codes to answer next, in order (then 200)
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                status = receiver.answers.pop(0) if receiver.answers else 200
-                receiver.posts.append(
-                    {"key": self.headers["Idempotency-Key"], "status": status, "body": body}
-                )
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.end_headers()
-                self.wfile.write(
-                    json.dumps({"status": status, "error": "bad field" if status == 400 else None}).encode()
-                )
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def accepted(self) -> list[dict]:
-        return [p for p in self.posts if p["status"] == 200]
-
-    def close(self):
-        self.server.shutdown()
 
 
 @pytest.fixture

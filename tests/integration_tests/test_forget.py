@@ -1,0 +1,259 @@
+"""Right to be forgotten, end to end: a person in every table, file, export and destination delivery is
+removed by `converge forget` through the Dagster sensor and job, `--verify` finds no trace in any table
+version or file, and a late event for them ends in quarantine."""
+
+import io as pyio
+import json
+import os
+import signal
+from contextlib import redirect_stdout
+from pathlib import Path
+
+import pytest
+from dagster import DagsterInstance, build_sensor_context
+from pyspark.sql import functions as F
+
+from jobs.cli import main as converge
+from jobs.definitions import defs
+from pipelines import io
+from pipelines.config import load_config
+from pipelines.demo_data import generate
+from pipelines.forget import term_hash
+from pipelines.proof import scan
+from pipelines.stream import file_backlog, read_status
+from tests.integration_tests import crash_harness
+from tests.net import Receiver
+
+ANN = {
+    "email": "ann.forget@example.com",
+    "user_id": "ann-forget-7",
+    "anonymous_id": "anon-ann-forget-1",
+    "crm_id": "CANN1",
+    "phone": "+15550109999",
+}
+CRM_HEADER = "customer_id,first_name,last_name,email,phone,street,city,postal_code,country,date_of_birth,created_at,updated_at"
+
+
+def _event(mid, kind, ts, **body):
+    msg = {"messageId": mid, "type": kind, "timestamp": ts, "sentAt": ts, "receivedAt": ts}
+    msg.update(body)
+    return json.dumps(msg)
+
+
+def _land_ann(landing: Path) -> None:
+    (landing / "customers/crm/ann.csv").write_text(
+        f"{CRM_HEADER}\nCANN1,Ann,Forget,Ann.Forget@Example.com,+1 (555) 010-9999,1 Privacy Lane,Springfield,"
+        "12345,US,1980-02-03,2025-01-01,2026-10-01\n"
+    )
+    (landing / "orders/ann_orders.csv").write_text(
+        "order_id,source_system,customer_id,order_date,amount,currency,status\n"
+        "ANN-O1,crm,CANN1,2026-10-20,450.00,USD,completed\nANN-O2,crm,CANN1,2026-10-25,450.00,USD,completed\n"
+    )
+    consent = {
+        "ip": "198.51.100.7",
+        "consent": {"categoryPreferences": {"Marketing": True, "Analytics": True}},
+    }
+    lines = [
+        _event(
+            "ann-e1",
+            "page",
+            "2026-10-30T10:00:00Z",
+            anonymousId=ANN["anonymous_id"],
+            name="/",
+            context=consent,
+        ),
+        _event(
+            "ann-e2",
+            "identify",
+            "2026-10-30T10:01:00Z",
+            anonymousId=ANN["anonymous_id"],
+            userId=ANN["user_id"],
+            traits={"email": "Ann.Forget@Example.com", "firstName": "Ann", "phone": "+1 555 010 9999"},
+            context=consent,
+        ),
+        '{"messageId": "ann-bad", "type": "track", "userId": "ann-forget-7"}',  # quarantined: no event name
+    ]
+    (landing / "events/ann.jsonl").write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture(scope="module")
+def forgotten(spark, tmp_path_factory):
+    lakehouse = tmp_path_factory.mktemp("forget")
+    receiver = Receiver()
+    old = {k: os.environ.get(k) for k in ("CONVERGE_LAKEHOUSE", "CONVERGE_OVERRIDES")}
+    os.environ["CONVERGE_LAKEHOUSE"] = str(lakehouse)
+    hook = {"type": "webhook", "url": receiver.url, "audiences": ["high_value"], "consent": ["marketing"],
+            "fields": ["email", "first_name", "lifetime_value"], "backoff_s": 0.01}  # fmt: skip
+    os.environ["CONVERGE_OVERRIDES"] = json.dumps(
+        {
+            "destinations": {"definitions": {"crm_hook": hook}},
+            "policies": {"destinations": {"crm_hook": {"email": "sha256", "name": "plain"}}},
+        }
+    )
+    cfg = load_config()
+    generate(40, 7, cfg.lakehouse.landing)
+    _land_ann(cfg.lakehouse.landing)
+    instance = DagsterInstance.ephemeral()
+    built = defs.resolve_job_def("converge_all").execute_in_process(instance=instance, raise_on_error=False)
+    yield {"cfg": cfg, "instance": instance, "built": built, "receiver": receiver}
+    receiver.close()
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def _cli(*argv):
+    out = pyio.StringIO()
+    with redirect_stdout(out):
+        code = converge(list(argv))
+    return code, out.getvalue()
+
+
+def test_forget_removes_a_person_from_every_table_version_and_file(forgotten, spark, report):
+    cfg, instance, receiver = forgotten["cfg"], forgotten["instance"], forgotten["receiver"]
+    assert forgotten["built"].success
+    graph = io.read(spark, cfg, "gold.identity_graph")
+    ann_profile = graph.filter(F.col("identifier") == f"email:{ANN['email']}").first().profile_id
+    others_before = io.read(spark, cfg, "gold.profiles").filter(F.col("profile_id") != ann_profile).count()
+    # Ann is everywhere: every layer, the landing files, the export and the webhook
+    hashes = {term_hash(v) for v in [*ANN.values(), ann_profile]}
+    before = scan([cfg.lakehouse.root], hashes)
+    places = {part for h in before.found for part in Path(h["path"]).relative_to(cfg.lakehouse.root).parts}
+    for place in ("events", "crm", "orders", "crm_customers", "identity_edges", "identity_graph", "profiles",
+                  "profile_traits", "audience_membership", "consent", "deliveries", "audiences"):  # fmt: skip
+        assert place in places, f"Ann should be in {place} before the deletion: {sorted(places)}"
+    sent = [e for p in receiver.accepted() for e in p["body"]["events"]]
+    assert ann_profile in {e["profile_id"] for e in sent}
+
+    code, out = _cli("forget", "email:Ann.Forget@Example.com", "--reason", "GDPR art. 17")
+    assert code == 0
+    request_id = out.split("deletion request ")[1].split()[0]
+    requested = io.read(spark, cfg, "governance.deletion_requests").first()
+    assert requested.status == "pending" and requested.identifier_hash != ANN["email"]
+
+    sensor = defs.get_sensor_def("deletion_requests")
+    requests = list(sensor.evaluate_tick(build_sensor_context(instance=instance)).run_requests)
+    assert [r.run_key for r in requests] == [request_id]
+    run = defs.resolve_job_def("forget").execute_in_process(
+        run_config=requests[0].run_config, instance=instance
+    )
+    assert run.success
+    audit = [e.event_specific_data.materialization for e in run.get_asset_materialization_events()]
+    removed = next(m.metadata["rows_by_table"].value for m in audit if m.asset_key.path[-1] == "audit_log")
+    for table in ("bronze.events", "silver.events", "quarantine.events", "silver.customers", "silver.orders",
+                  "bronze.crm_customers", "bronze.orders", "gold.identity_graph", "gold.profiles",
+                  "gold.profile_traits", "gold.audience_membership", "gold.consent"):  # fmt: skip
+        assert removed.get(table, 0) > 0, f"nothing removed from {table}: {removed}"
+
+    code, out = _cli("forget", "--verify", request_id)
+    report(out.strip().splitlines()[0])
+    assert code == 0 and "found 0" in out
+    after = scan([cfg.lakehouse.root], hashes)
+    assert after.found == [] and after.files_scanned > 100
+
+    # everyone else is still there, and the request and its proof are in the audit log
+    assert io.read(spark, cfg, "gold.profiles").count() == others_before
+    kinds = [r.event_kind for r in io.read(spark, cfg, "governance.audit_log").orderBy("at").collect()]
+    assert kinds == ["received", "completed", "verified"]
+    assert io.read(spark, cfg, "governance.deletion_requests").first().status == "completed"
+    assert not list(sensor.evaluate_tick(build_sensor_context(instance=instance)).run_requests)
+
+    # a late event for Ann goes to quarantine and does not bring her profile back
+    late = _event("ann-late", "track", "2026-10-31T09:00:00Z", userId=ANN["user_id"], event="Product Viewed")
+    (cfg.lakehouse.landing / "events/late.jsonl").write_text(late + "\n")
+    again = defs.resolve_job_def("converge_all").execute_in_process(instance=instance, raise_on_error=False)
+    assert again.success, [e.event_specific_data.error.message for e in again.all_events if e.is_step_failure]
+    quarantined = io.read(spark, cfg, "quarantine.events").filter(F.col("reason") == "suppressed").collect()
+    assert [json.loads(r.raw)["messageId"] for r in quarantined] == ["ann-late"]
+    assert (
+        graph.sparkSession.read.format("delta")
+        .load(io.path_of(cfg, "gold.identity_graph"))
+        .filter(F.col("identifier").contains("ann-forget"))
+        .count()
+        == 0
+    )
+
+
+def _people_file(folder: Path, name: str, people: range) -> int:
+    lines = [
+        _event(
+            f"{name}-{i}",
+            "identify",
+            "2026-10-30T10:00:00Z",
+            userId=f"user-{i}",
+            anonymousId=f"anon-{i}",
+            traits={"email": f"person{i}@example.org"},
+        )  # fmt: skip
+        for i in people
+    ]
+    tmp = folder / f".{name}.tmp"
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, folder / f"{name}.jsonl")  # renamed in, as the file source expects
+    return len(lines)
+
+
+def test_deletion_while_the_stream_is_running(spark, tmp_path, report):
+    """`converge stream` keeps running (a separate process) while `converge forget --now` deletes a
+    person it has just loaded; other people's events keep flowing, the person is gone, and their late
+    event is quarantined by the running stream."""
+    env = os.environ | {"CONVERGE_LAKEHOUSE": str(tmp_path / "lh"), "CONVERGE_ENV": "test"}
+    env.pop("CONVERGE_OVERRIDES", None)
+    cfg = load_config("test", lakehouse=env["CONVERGE_LAKEHOUSE"])
+    events = cfg.lakehouse.landing / "events"
+    events.mkdir(parents=True)
+    _land_ann(cfg.lakehouse.landing)
+    for f in ("customers/crm/ann.csv", "orders/ann_orders.csv"):
+        (cfg.lakehouse.landing / f).unlink()  # the stream reads events only
+    sent = _people_file(events, "first", range(0, 5))
+    log = tmp_path / "stream.log"
+    proc = crash_harness._start(env, log)
+    try:
+
+        def ann_loaded():
+            if not io.exists(spark, cfg, "gold.identity_graph"):
+                return False
+            graph = io.read(spark, cfg, "gold.identity_graph")
+            return graph.filter(F.col("identifier") == f"email:{ANN['email']}").count() == 1
+
+        crash_harness._wait(ann_loaded, 300, "Ann's profile", proc, log)
+        old = os.environ.get("CONVERGE_LAKEHOUSE")
+        os.environ["CONVERGE_LAKEHOUSE"] = env["CONVERGE_LAKEHOUSE"]
+        try:
+            sent += _people_file(events, "during", range(5, 10))  # arrives while the deletion runs
+            code, out = _cli("forget", f"email:{ANN['email']}", "--now")
+            assert code == 0, out
+            request_id = out.split("deletion request ")[1].split()[0]
+            sent += _people_file(events, "after", range(10, 15))
+            crash_harness._wait(
+                lambda: crash_harness._committed(cfg) and not file_backlog(cfg), 300, "the backlog", proc, log
+            )
+            code, out = _cli("forget", "--verify", request_id)
+            report(out.strip().splitlines()[0])
+            assert code == 0, out
+            # a late event for Ann: the running stream quarantines it
+            late = _event(
+                "ann-late", "track", "2026-10-31T09:00:00Z", userId=ANN["user_id"], event="Product Viewed"
+            )
+            (events / ".late.tmp").write_text(late + "\n")
+            os.replace(events / ".late.tmp", events / "late.jsonl")
+
+            def late_quarantined():
+                q = io.read(spark, cfg, "quarantine.events")
+                return q.filter(F.col("reason") == "suppressed").count() == 1
+
+            crash_harness._wait(late_quarantined, 300, "the late event in quarantine", proc, log)
+        finally:
+            if old is None:
+                os.environ.pop("CONVERGE_LAKEHOUSE")
+            else:
+                os.environ["CONVERGE_LAKEHOUSE"] = old
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(60)
+    silver = io.read(spark, cfg, "silver.events")
+    others = silver.filter(F.col("message_id").rlike("^(first|during|after)-")).count()
+    assert others == sent  # no other event was lost or doubled while the deletion ran
+    assert silver.filter(F.col("user_id") == ANN["user_id"]).count() == 0
+    assert read_status(cfg)["state"] == "stopped"  # not failed
