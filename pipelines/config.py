@@ -380,6 +380,7 @@ class GovernanceConfig(_Strict):
 
     consent_categories: list[str] = Field(default_factory=list)
     vacuum_retention_hours: float = Field(168, ge=0)  # < 168 turns Delta's retention safety check off
+    vacuum_lite: bool = True  # VACUUM LITE: the files the log says were removed (full: list every file)
     conflict_attempts: int = Field(8, ge=1)  # a deletion racing the stream retries this often
     scan_paths: list[Path] = []  # more folders `forget --verify` searches (relative: project root)
 

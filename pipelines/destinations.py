@@ -244,10 +244,9 @@ def sync_destination(spark: SparkSession, cfg: Config, name: str, sleep=time.sle
         start, end = state["synced_version"] + 1, io.version(spark, cfg, "gold.audience_membership")
         if start > end:
             return stats
-        pins = io.versions(spark, cfg, PINNED)
-        latest = (
-            io.read_version(spark, cfg, "gold.audience_membership", end).agg(F.max("updated_at")).first()[0]
-        )
+        pins = dict[str, object](io.versions(spark, cfg, PINNED))
+        top = io.read_version(spark, cfg, "gold.audience_membership", end).agg(F.max("updated_at")).first()
+        latest = top[0] if top else None
         pins |= {
             "synced_updated_at": str(state["synced_updated_at"]) if state.get("synced_updated_at") else None,
             "max_updated_at": str(latest) if latest else None,

@@ -35,6 +35,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import pyarrow as pa
@@ -386,19 +387,30 @@ def _clear_derived_state(cfg: Config) -> list[str]:
     return cleared
 
 
+def _run_sql(spark: SparkSession, statement: str) -> None:
+    spark.sql(statement).collect()
+
+
 def purge(spark: SparkSession, cfg: Config, names: list[str]) -> None:
-    """Materialise deletion vectors and vacuum: the old rows' files (and change-data files) go."""
+    """Materialise deletion vectors and vacuum: the old rows' files (and change-data files) go.
+
+    VACUUM LITE (the default, ``governance.vacuum_lite``) takes the files to delete from the log's remove
+    actions, which is exactly what the deletes produced: ~2.5 s a table here against ~25 s for a full
+    VACUUM, which lists every file of the table."""
     hours = cfg.governance.vacuum_retention_hours
+    lite = " LITE" if cfg.governance.vacuum_lite else ""
     if hours < 168:
         spark.conf.set("spark.databricks.delta.retentionDurationCheck.enabled", "false")
     try:
         for name in names:
             path = io.path_of(cfg, name)
-            io.retry_on_conflict(
-                lambda path=path: spark.sql(f"REORG TABLE delta.`{path}` APPLY (PURGE)").collect(),
-                attempts=cfg.governance.conflict_attempts,
-            )
-            spark.sql(f"VACUUM delta.`{path}` RETAIN {hours} HOURS").collect()
+            detail = DeltaTable.forPath(spark, path).detail().first()
+            if detail and detail["properties"].get("delta.enableDeletionVectors") == "true":
+                reorg = f"REORG TABLE delta.`{path}` APPLY (PURGE)"
+                io.retry_on_conflict(
+                    partial(_run_sql, spark, reorg), attempts=cfg.governance.conflict_attempts
+                )
+            spark.sql(f"VACUUM delta.`{path}` RETAIN {hours} HOURS{lite}").collect()
     finally:
         spark.conf.unset("spark.databricks.delta.retentionDurationCheck.enabled")
 

@@ -13,6 +13,7 @@ Three uses, one classification:
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -72,7 +73,9 @@ def _treat(expr: str, data_type, cls: str, treatment: str, salt: str) -> str | N
     )
 
 
-def projection(schema: StructType, allowed: dict[str, str], policies: PoliciesConfig, salt: str) -> list[str]:
+def projection(
+    schema: StructType, allowed: Mapping[str, str], policies: PoliciesConfig, salt: str
+) -> list[str]:
     """SQL select items: unclassified columns as they are, classified ones treated as ``allowed`` says."""
     items = []
     for f in schema.fields:

@@ -6,6 +6,7 @@ import io as pyio
 import json
 import os
 import signal
+import subprocess
 from contextlib import redirect_stdout
 from pathlib import Path
 
@@ -40,7 +41,11 @@ def _event(mid, kind, ts, **body):
     return json.dumps(msg)
 
 
-def _land_ann(landing: Path) -> None:
+def _land_ann(landing: Path, events_only: bool = False) -> None:
+    (landing / "events").mkdir(parents=True, exist_ok=True)
+    _land_ann_events(landing)
+    if events_only:
+        return
     (landing / "customers/crm/ann.csv").write_text(
         f"{CRM_HEADER}\nCANN1,Ann,Forget,Ann.Forget@Example.com,+1 (555) 010-9999,1 Privacy Lane,Springfield,"
         "12345,US,1980-02-03,2025-01-01,2026-10-01\n"
@@ -49,6 +54,9 @@ def _land_ann(landing: Path) -> None:
         "order_id,source_system,customer_id,order_date,amount,currency,status\n"
         "ANN-O1,crm,CANN1,2026-10-20,450.00,USD,completed\nANN-O2,crm,CANN1,2026-10-25,450.00,USD,completed\n"
     )
+
+
+def _land_ann_events(landing: Path) -> None:
     consent = {
         "ip": "198.51.100.7",
         "consent": {"categoryPreferences": {"Marketing": True, "Analytics": True}},
@@ -163,7 +171,9 @@ def test_forget_removes_a_person_from_every_table_version_and_file(forgotten, sp
     # a late event for Ann goes to quarantine and does not bring her profile back
     late = _event("ann-late", "track", "2026-10-31T09:00:00Z", userId=ANN["user_id"], event="Product Viewed")
     (cfg.lakehouse.landing / "events/late.jsonl").write_text(late + "\n")
-    again = defs.resolve_job_def("converge_all").execute_in_process(instance=instance, raise_on_error=False)
+    again = defs.resolve_job_def("events_catch_up").execute_in_process(
+        instance=instance, raise_on_error=False
+    )
     assert again.success, [e.event_specific_data.error.message for e in again.all_events if e.is_step_failure]
     quarantined = io.read(spark, cfg, "quarantine.events").filter(F.col("reason") == "suppressed").collect()
     assert [json.loads(r.raw)["messageId"] for r in quarantined] == ["ann-late"]
@@ -202,10 +212,7 @@ def test_deletion_while_the_stream_is_running(spark, tmp_path, report):
     env.pop("CONVERGE_OVERRIDES", None)
     cfg = load_config("test", lakehouse=env["CONVERGE_LAKEHOUSE"])
     events = cfg.lakehouse.landing / "events"
-    events.mkdir(parents=True)
-    _land_ann(cfg.lakehouse.landing)
-    for f in ("customers/crm/ann.csv", "orders/ann_orders.csv"):
-        (cfg.lakehouse.landing / f).unlink()  # the stream reads events only
+    _land_ann(cfg.lakehouse.landing, events_only=True)  # the stream reads events only
     sent = _people_file(events, "first", range(0, 5))
     log = tmp_path / "stream.log"
     proc = crash_harness._start(env, log)
@@ -250,8 +257,12 @@ def test_deletion_while_the_stream_is_running(spark, tmp_path, report):
             else:
                 os.environ["CONVERGE_LAKEHOUSE"] = old
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(60)
+        proc.send_signal(signal.SIGTERM)  # `converge stream` stops its query cleanly on SIGTERM
+        try:
+            proc.wait(90)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
     silver = io.read(spark, cfg, "silver.events")
     others = silver.filter(F.col("message_id").rlike("^(first|during|after)-")).count()
     assert others == sent  # no other event was lost or doubled while the deletion ran
