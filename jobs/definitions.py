@@ -25,6 +25,13 @@ from jobs.automation import events_catch_up, events_every_15_minutes, new_event_
 from jobs.replay import replay_events
 from pipelines.config import load_config
 from pipelines.forget import pending_requests
+from pipelines.io import TABLES
+
+# What the assets materialize: every registered table, except those written by the `forget` job
+# (governance.*) and by the destination syncs (activation.*), which are one asset of their own.
+ASSET_TABLES = {t for t in TABLES if t.split(".")[0] not in ("governance", "activation")} | {
+    "activation.destination_syncs"
+}
 
 ALL_ASSETS = [
     ingest.crm_customers,

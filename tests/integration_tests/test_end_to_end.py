@@ -15,7 +15,7 @@ import pytest
 from dagster import DagsterInstance
 
 from jobs.cli import main as converge
-from jobs.definitions import defs
+from jobs.definitions import ASSET_TABLES, defs
 from pipelines import io
 from pipelines.config import PROJECT_ROOT, load_config
 from pipelines.demo_data import generate
@@ -64,9 +64,7 @@ def test_every_asset_materializes_and_every_check_passes(pipeline_run):
         for e in result.get_asset_materialization_events()
         for e in [e.event_specific_data.materialization]
     }
-    # governance tables are written by `converge forget`, sync state by the destination syncs
-    written_elsewhere = {t for t in io.TABLES if t.startswith("governance.") or t.startswith("activation.")}
-    assert materialized == set(io.TABLES) - written_elsewhere | {"activation.destination_syncs"}
+    assert materialized == ASSET_TABLES
     evaluations = result.get_asset_check_evaluations()
     assert len(evaluations) == 14
     assert [e.check_name for e in evaluations if not e.passed] == []

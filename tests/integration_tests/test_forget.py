@@ -267,4 +267,5 @@ def test_deletion_while_the_stream_is_running(spark, tmp_path, report):
     others = silver.filter(F.col("message_id").rlike("^(first|during|after)-")).count()
     assert others == sent  # no other event was lost or doubled while the deletion ran
     assert silver.filter(F.col("user_id") == ANN["user_id"]).count() == 0
-    assert read_status(cfg)["state"] == "stopped"  # not failed
+    status = read_status(cfg)  # the query never failed (a SIGTERM'd process may not get to write "stopped")
+    assert status["error"] is None and "failed" not in status["state"], status

@@ -8,8 +8,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from jobs.definitions import ASSET_TABLES
 from pipelines.config import PROJECT_ROOT
-from pipelines.io import TABLES
 
 
 def _free_port() -> int:
@@ -60,7 +60,7 @@ def test_webserver_lists_every_asset_job_and_check(tmp_path):
             "{ assetNodes { assetKey { path } groupName jobNames assetChecksOrError { ... on AssetChecks { checks { name } } } } }",
         )
         nodes = data["data"]["assetNodes"]
-        assert {".".join(n["assetKey"]["path"]) for n in nodes} == set(TABLES)
+        assert {".".join(n["assetKey"]["path"]) for n in nodes} == ASSET_TABLES
         assert all("converge_all" in n["jobNames"] for n in nodes)
         checks = {
             (".".join(n["assetKey"]["path"]), c["name"])
