@@ -1,7 +1,7 @@
 """Consent, destination syncs and deletions as the Dagster UI shows them.
 
 ``gold/consent`` and ``activation/destination_syncs`` are assets (every run records what was sent where,
-what was dead-lettered and which destination failed); ``fulfil_deletion_request`` is the op of the
+what was dead-lettered and which destination failed); ``fulfil_deletion_requests`` is the op of the
 ``forget`` job that the ``deletion_requests`` sensor starts for each new request (jobs/definitions.py).
 """
 
@@ -95,25 +95,30 @@ def destination_syncs(spark: SparkResource):
     )
 
 
-class ForgetRequest(Config):
-    request_id: str
+class ForgetRequests(Config):
+    request_ids: list[str]
 
 
 @op(out={}, tags={"converge/spark": "true"})
-def fulfil_deletion_request(context: OpExecutionContext, config: ForgetRequest, spark: SparkResource):
-    """Remove one person from every table and file (pipelines/forget.py) and record the proof trail."""
+def fulfil_deletion_requests(context: OpExecutionContext, config: ForgetRequests, spark: SparkResource):
+    """Remove the persons of these requests from every table and file in one pass (pipelines/forget.py)
+    and record the proof trail. Requests fulfilled meanwhile (a re-executed run) are skipped."""
     cfg, session = spark.config(), spark.session()
-    request = next((r for r in pending_requests(cfg) if r["request_id"] == config.request_id), None)
-    if request is None:
-        raise LookupError(f"deletion request {config.request_id} is not pending (done already, or unknown)")
+    pending = {r["request_id"]: r for r in pending_requests(cfg)}
+    requests = [pending[i] for i in config.request_ids if i in pending]
+    skipped = sorted(set(config.request_ids) - set(pending))
+    if skipped:
+        context.log.warning(f"not pending (done already, or unknown), skipped: {skipped}")
+    if not requests:
+        raise LookupError(f"none of the deletion requests {config.request_ids} is pending")
     with writes_lock(cfg), identity_lock(cfg):  # the stream waits between micro-batches meanwhile
-        result = fulfil(session, cfg, request)
-    context.log.info(f"request {result.request_id}: {sum(result.rows_removed.values())} rows removed")
+        result = fulfil(session, cfg, requests)
+    context.log.info(f"{len(requests)} requests: {sum(result.rows_removed.values())} rows removed")
     yield AssetMaterialization(
         asset_key=["governance", "audit_log"],
-        description=f"deletion request {result.request_id} fulfilled",
+        description=f"{len(result.request_ids)} deletion request(s) fulfilled",
         metadata={
-            "request_id": result.request_id,
+            "request_ids": MetadataValue.json(result.request_ids),
             "rows_removed": sum(result.rows_removed.values()),
             "rows_by_table": MetadataValue.json(result.rows_removed),
             "files_rewritten": len(result.files),

@@ -299,7 +299,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
     if args.now:
         request = next(r for r in pending_requests(cfg) if r["request_id"] == request_id)
         with writes_lock(cfg), identity_lock(cfg):
-            result = fulfil(spark, cfg, request)
+            result = fulfil(spark, cfg, [request])
         print(
             f"fulfilled in {result.seconds} s: {sum(result.rows_removed.values())} rows from "
             f"{len(result.rows_removed)} tables, {len(result.files)} files rewritten"

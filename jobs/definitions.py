@@ -1,5 +1,6 @@
 """The Dagster Definitions root: every asset, check, job and schedule of Converge, as the UI shows them."""
 
+import json
 from pathlib import Path
 
 from dagster import (
@@ -11,6 +12,7 @@ from dagster import (
     ScheduleDefinition,
     ScheduleEvaluationContext,
     SensorEvaluationContext,
+    SensorResult,
     SkipReason,
     define_asset_job,
     in_process_executor,
@@ -93,25 +95,34 @@ destinations_sync = define_asset_job(
 
 @job(executor_def=in_process_executor, tags={"converge/spark": "true"})
 def forget():
-    """Fulfil one right-to-be-forgotten request: every table and file, purged, audited (the
-    deletion_requests sensor starts one run per request)."""
-    governance.fulfil_deletion_request()
+    """Fulfil right-to-be-forgotten requests: every table and file, purged, audited; the requests of one
+    run share one pass over every table (the deletion_requests sensor batches what is pending)."""
+    governance.fulfil_deletion_requests()
 
 
 @sensor(job=forget, minimum_interval_seconds=30, default_status=DefaultSensorStatus.RUNNING)
 def deletion_requests(context: SensorEvaluationContext):
-    """One `forget` run per new request of `converge forget` (pending files, read without Spark)."""
-    pending = pending_requests(load_config())
-    if not pending:
-        return SkipReason("no pending deletion requests")
-    return [
-        RunRequest(
-            run_key=r["request_id"],
-            run_config={"ops": {"fulfil_deletion_request": {"config": {"request_id": r["request_id"]}}}},
-            tags={"converge/deletion_request": r["request_id"]},
-        )
-        for r in pending
-    ]
+    """Requests of `converge forget` not yet handed to a run (pending files, read without Spark), in
+    `forget` runs of up to governance.batch_size requests. The cursor keeps the ids handed out that are
+    still pending; a request is handed out once (a failed run is re-executed from the UI)."""
+    cfg = load_config()
+    pending = [r["request_id"] for r in pending_requests(cfg)]
+    handed_out = set(json.loads(context.cursor)) if context.cursor else set()
+    new = [r for r in pending if r not in handed_out]
+    size = cfg.governance.batch_size
+    batches = [new[i : i + size] for i in range(0, len(new), size)]
+    return SensorResult(
+        run_requests=[
+            RunRequest(
+                run_key=ids[0] if len(ids) == 1 else f"{ids[0]}+{len(ids) - 1}",
+                run_config={"ops": {"fulfil_deletion_requests": {"config": {"request_ids": ids}}}},
+                tags={"converge/deletion_requests": str(len(ids))},
+            )
+            for ids in batches
+        ],
+        skip_reason=None if new else SkipReason("no new deletion requests"),
+        cursor=json.dumps(sorted(handed_out.intersection(pending) | set(new))),
+    )
 
 
 nightly = ScheduleDefinition(

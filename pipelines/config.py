@@ -382,6 +382,7 @@ class GovernanceConfig(_Strict):
     vacuum_retention_hours: float = Field(168, ge=0)  # < 168 turns Delta's retention safety check off
     vacuum_lite: bool = True  # VACUUM LITE: the files the log says were removed (full: list every file)
     conflict_attempts: int = Field(8, ge=1)  # a deletion racing the stream retries this often
+    batch_size: int = Field(1000, ge=1)  # pending requests one `forget` run fulfils together
     scan_paths: list[Path] = []  # more folders `forget --verify` searches (relative: project root)
 
 

@@ -32,8 +32,9 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -59,8 +60,11 @@ AUDIT_SCHEMA = (
     "request_id string, event_kind string, at timestamp, rows_removed long, files_touched int, details string"
 )
 PENDING = ("governance", "_pending")
-# A value counts as mentioned when it is not part of a longer token (an id "C1" is not in "C10").
+# A value counts as mentioned when it is a whole token: a maximal run of these characters (an id "C1" is
+# not in "C10"; "ann@example.com" is in '{"email":"ann@example.com"}'). proof.py tokenises the same way.
 _EDGE = r"A-Za-z0-9_.@+\-"
+TOKEN = re.compile(f"[{_EDGE}]+")
+_NOT_TOKEN = r"[^a-z0-9_.@+\-]+"  # splits lower-cased text into tokens
 
 
 def identifier_hash(identifier: str) -> str:
@@ -100,31 +104,47 @@ def pending_requests(cfg: Config) -> list[dict]:
 def request_deletion(spark: SparkSession, cfg: Config, identifier: str, reason: str = "") -> str:
     """Record a deletion request; returns its id. The identifier is kept in plain text only in the
     pending file, which fulfilment deletes."""
-    identifier = normalise_identifier(cfg, identifier)
-    request_id = str(uuid.uuid4())
+    return request_deletions(spark, cfg, [identifier], reason)[0]
+
+
+def request_deletions(
+    spark: SparkSession, cfg: Config, identifiers: list[str], reason: str = ""
+) -> list[str]:
+    """Record one request per identifier (one write to the request table and one to the audit log for
+    all of them); returns the request ids in the same order."""
+    normalised = [normalise_identifier(cfg, i) for i in identifiers]
     now = datetime.now(UTC)
     folder = pending_dir(cfg)
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".{request_id}.tmp"
-    record = {
-        "request_id": request_id,
-        "identifier": identifier,
-        "reason": reason,
-        "received_at": now.isoformat(),
-    }
-    tmp.write_text(json.dumps(record))
-    os.replace(tmp, folder / f"{request_id}.json")
-    row = (request_id, identifier_hash(identifier), identifier.split(":")[0], reason, now, "pending", None)
-    io.append(spark.createDataFrame([row], REQUEST_SCHEMA), cfg, "governance.deletion_requests")
-    audit(spark, cfg, request_id, "received", 0, 0, {"reason": reason})
-    return request_id
+    ids, rows = [], []
+    for identifier in normalised:
+        request_id = str(uuid.uuid4())
+        record = {
+            "request_id": request_id,
+            "identifier": identifier,
+            "reason": reason,
+            "received_at": now.isoformat(),
+        }
+        tmp = folder / f".{request_id}.tmp"
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, folder / f"{request_id}.json")
+        ids.append(request_id)
+        rows.append(
+            (request_id, identifier_hash(identifier), identifier.split(":")[0], reason, now, "pending", None)
+        )
+    io.append(spark.createDataFrame(rows, REQUEST_SCHEMA), cfg, "governance.deletion_requests")
+    audit(spark, cfg, [(i, "received", 0, 0, {"reason": reason}) for i in ids])
+    return ids
 
 
-def audit(
-    spark: SparkSession, cfg: Config, request_id: str, kind: str, rows: int, files: int, details: dict
-) -> None:
-    row = (request_id, kind, datetime.now(UTC), rows, files, json.dumps(details, default=str))
-    io.append(spark.createDataFrame([row], AUDIT_SCHEMA), cfg, "governance.audit_log")
+def audit(spark: SparkSession, cfg: Config, entries: list[tuple[str, str, int, int, dict]]) -> None:
+    """Append (request_id, event_kind, rows, files, details) entries to the audit log in one commit."""
+    now = datetime.now(UTC)
+    rows = [
+        (rid, kind, now, n, files, json.dumps(details, default=str))
+        for rid, kind, n, files, details in entries
+    ]
+    io.append(spark.createDataFrame(rows, AUDIT_SCHEMA), cfg, "governance.audit_log")
 
 
 @dataclass
@@ -134,6 +154,11 @@ class Person:
     records: list[str]  # CRM records as system:id
     message_ids: list[str]
     order_ids: list[str]
+
+    @classmethod
+    def union(cls, people: Iterable[Person]) -> Person:
+        people = list(people)
+        return cls(*(sorted({x for p in people for x in getattr(p, f.name)}) for f in fields(cls)))
 
     @property
     def values(self) -> list[str]:
@@ -154,40 +179,74 @@ def _table(spark: SparkSession, cfg: Config, name: str) -> DataFrame | None:
     return io.read(spark, cfg, name) if io.exists(spark, cfg, name) else None
 
 
+_EVENT_ID_COLUMNS = ("user_id", "anonymous_id", "previous_id", "trait_email", "trait_phone")
+
+
+def resolve_people(spark: SparkSession, cfg: Config, identifiers: dict[str, str]) -> dict[str, Person]:
+    """Everything that identifies each request's person now (request id -> identifier in, request id ->
+    Person out): the profile(s) the identifier belongs to, every identifier in them, retired profile ids
+    merged into them, their CRM records, events and orders. One query per table for the whole batch."""
+    graph = _table(spark, cfg, "gold.identity_graph")
+    wanted = sorted(set(identifiers.values()))
+    pids_of: dict[str, set[str]] = defaultdict(set)  # identifier -> profile ids
+    members: dict[str, set[str]] = defaultdict(set)  # profile id -> identifiers
+    if graph is not None:
+        for r in graph.filter(F.col("identifier").isin(wanted)).select("identifier", "profile_id").collect():
+            pids_of[r.identifier].add(r.profile_id)
+        current = sorted({p for ps in pids_of.values() for p in ps})
+        registry = _table(spark, cfg, "gold.profile_ids")
+        if registry is not None and current:
+            retired = registry.filter(F.col("retired_into").isin(current)).select(
+                "profile_id", "retired_into"
+            )
+            into: dict[str, set[str]] = defaultdict(set)
+            for r in retired.collect():
+                into[r.retired_into].add(r.profile_id)
+            for ps in pids_of.values():
+                ps |= {old for p in list(ps) for old in into[p]}
+        if current:
+            for r in (
+                graph.filter(F.col("profile_id").isin(current)).select("profile_id", "identifier").collect()
+            ):
+                members[r.profile_id].add(r.identifier)
+    systems = {f"{s}_id": s for s in cfg.sources.systems}
+    people = {}
+    for request_id, identifier in identifiers.items():
+        pids = pids_of.get(identifier, set())
+        ids = {identifier} | {i for p in pids for i in members[p]}
+        records = {
+            f"{systems[i.split(':')[0]]}:{i.split(':', 1)[1]}" for i in ids if i.split(":")[0] in systems
+        }
+        people[request_id] = Person(sorted(ids), sorted(pids), sorted(records), [], [])
+    everyone = Person.union(people.values())
+    events = _table(spark, cfg, "silver.events")
+    if events is not None and everyone.values:
+        mentioned = F.lit(False)
+        for c in _EVENT_ID_COLUMNS:
+            mentioned = mentioned | F.col(c).isin(everyone.values)
+        by_value: dict[str, set[str]] = defaultdict(set)
+        for r in events.filter(mentioned).select("message_id", *_EVENT_ID_COLUMNS).collect():
+            for c in _EVENT_ID_COLUMNS:
+                if r[c] is not None:
+                    by_value[r[c]].add(r.message_id)
+        for p in people.values():
+            p.message_ids = sorted({m for v in p.values for m in by_value.get(v, ())})
+    orders = _table(spark, cfg, "silver.orders")
+    if orders is not None and everyone.records:
+        record = F.concat_ws(":", "source_system", "customer_source_id")
+        by_record: dict[str, set[str]] = defaultdict(set)
+        for r in (
+            orders.filter(record.isin(everyone.records)).select(record.alias("record"), "order_id").collect()
+        ):
+            by_record[r.record].add(r.order_id)
+        for p in people.values():
+            p.order_ids = sorted({o for rec in p.records for o in by_record.get(rec, ())})
+    return people
+
+
 def resolve_person(spark: SparkSession, cfg: Config, identifier: str) -> Person:
     """Everything that identifies the person ``identifier`` belongs to, now."""
-    graph = _table(spark, cfg, "gold.identity_graph")
-    identifiers, profile_ids = {identifier}, set()
-    if graph is not None:
-        profile_ids = {
-            r.profile_id
-            for r in graph.filter(F.col("identifier") == identifier).select("profile_id").collect()
-        }
-        registry = _table(spark, cfg, "gold.profile_ids")
-        if registry is not None and profile_ids:
-            retired = registry.filter(F.col("retired_into").isin(sorted(profile_ids))).select("profile_id")
-            profile_ids |= {r.profile_id for r in retired.collect()}
-        if profile_ids:
-            mine = graph.filter(F.col("profile_id").isin(sorted(profile_ids)))
-            identifiers |= {r.identifier for r in mine.select("identifier").collect()}
-    systems = {f"{s}_id": s for s in cfg.sources.systems}
-    records = sorted(
-        f"{systems[i.split(':')[0]]}:{i.split(':', 1)[1]}" for i in identifiers if i.split(":")[0] in systems
-    )
-    values = sorted({i.split(":", 1)[1] for i in identifiers})
-    message_ids: set[str] = set()
-    events = _table(spark, cfg, "silver.events")
-    if events is not None:
-        mentioned = F.lit(False)
-        for c in ("user_id", "anonymous_id", "previous_id", "trait_email", "trait_phone"):
-            mentioned = mentioned | F.col(c).isin(values)
-        message_ids = {r.message_id for r in events.filter(mentioned).select("message_id").collect()}
-    order_ids: set[str] = set()
-    orders = _table(spark, cfg, "silver.orders")
-    if orders is not None and records:
-        mine = orders.filter(F.concat_ws(":", "source_system", "customer_source_id").isin(records))
-        order_ids = {r.order_id for r in mine.select("order_id").collect()}
-    return Person(sorted(identifiers), sorted(profile_ids), records, sorted(message_ids), sorted(order_ids))
+    return resolve_people(spark, cfg, {"": identifier})[""]
 
 
 def mentions_pattern(terms: list[str]) -> str:
@@ -196,24 +255,70 @@ def mentions_pattern(terms: list[str]) -> str:
     return f"(?i)(?<![{_EDGE}])(?:{alternatives})(?![{_EDGE}])"
 
 
+@dataclass(frozen=True)
+class Mentions:
+    """Does a text mention any of a set of terms as a whole token (case-insensitive)? The same test for
+    Spark columns, Python lines and Arrow columns (landing and export files).
+
+    Terms made only of token characters (emails, phones, ids: nearly all) are looked up per token in a hash
+    set, which costs the same for the terms of one person or of a batch of 1,000 (an alternation regex of
+    10,000 terms is tried term by term at every character). The rare term with other characters (a custom
+    id with a space or a colon) is matched by a regex."""
+
+    tokens: frozenset[str]
+    pattern: str | None
+
+    @classmethod
+    def of(cls, terms: Iterable[str]) -> Mentions:
+        lower = {t.lower() for t in terms if t}
+        plain = {t for t in lower if TOKEN.fullmatch(t)}
+        odd = sorted(lower - plain)
+        return cls(frozenset(plain), mentions_pattern(odd) if odd else None)
+
+    def column(self, c: Column) -> Column:
+        hit = F.lit(False)
+        if self.tokens:
+            wanted = sorted(self.tokens)
+            hit = F.exists(F.split(F.lower(c), _NOT_TOKEN), lambda t: t.isin(wanted))
+        if self.pattern:
+            hit = hit | c.rlike(self.pattern)
+        return F.coalesce(hit, F.lit(False))
+
+    def line(self, text: str) -> bool:
+        if any(t.lower() in self.tokens for t in TOKEN.findall(text)):
+            return True
+        return bool(self.pattern and re.search(self.pattern, text))
+
+    def arrow(self, col: pa.Array | pa.ChunkedArray) -> pa.Array:
+        """Boolean per row of a string column (nulls: False)."""
+        n = len(col)
+        hit = pa.array([False] * n)
+        if self.tokens:
+            lists = pc.split_pattern_regex(pc.utf8_lower(col), _NOT_TOKEN)
+            found = pc.is_in(pc.list_flatten(lists), value_set=pa.array(sorted(self.tokens)))
+            rows = pc.filter(pc.list_parent_indices(lists), found)
+            hit = pc.is_in(pa.array(range(n), pa.int64()), value_set=pc.cast(rows, pa.int64()))
+        if self.pattern:
+            # Arrow's RE2 has no lookaround: a non-token character or the text's edge on each side
+            around = self.pattern.replace("(?i)", "").replace("(?<![", "(?:^|[^").replace("(?![", "(?:$|[^")
+            regex = pc.match_substring_regex(col, around, ignore_case=True)
+            hit = pc.or_(hit, pc.fill_null(regex, False))
+        return hit
+
+
 def _in(col: str, values: list[str]) -> Column:
     return F.col(col).isin(values) if values else F.lit(False)
 
 
-def _person_rows(
-    name: str, p: Person, pattern: str
-) -> tuple[Callable[[DataFrame], Column], list[str]] | None:
+def _person_rows(name: str, p: Person, m: Mentions) -> tuple[Callable[[DataFrame], Column], list[str]] | None:
     """(predicate over the table's rows, key expressions over ``{t}``) for every table holding people."""
 
     def text(c: str) -> Callable[[DataFrame], Column]:
-        return lambda df: F.coalesce(F.col(c).rlike(pattern), F.lit(False))
+        return lambda df: m.column(F.col(c))
 
     ids, pids, values = p.identifiers, p.profile_ids, p.values
     bronze_csv = (
-        lambda df: (
-            F.coalesce(F.to_json("payload").rlike(pattern), F.lit(False))
-            | F.coalesce(F.col("corrupt_record").rlike(pattern), F.lit(False))
-        ),
+        lambda df: m.column(F.to_json("payload")) | m.column(F.col("corrupt_record")),
         ["{t}.feed", "{t}.source_file", "{t}.loaded_at", "to_json({t}.payload)", "{t}.corrupt_record"],
     )
     quarantine_keys = ["{t}.feed", "{t}.source_file", "{t}.loaded_at", "{t}.raw", "{t}.reason"]
@@ -251,7 +356,7 @@ def _person_rows(
         ),
         "quarantine.identity_edges": (lambda df: _in("src", ids) | _in("dst", ids), ["{t}.src", "{t}.dst"]),
         "quarantine.identity_components": (
-            lambda df: F.arrays_overlap("most_connected_identifiers", F.array(*[F.lit(i) for i in ids])),
+            lambda df: F.exists("most_connected_identifiers", lambda i: i.isin(ids)),
             ["{t}.component_id"],
         ),
         "activation.dead_letters": (text("payload"), ["{t}.destination", "{t}.idempotency_key"]),
@@ -259,59 +364,67 @@ def _person_rows(
     return rules.get(name)
 
 
-def _delete_person_rows(spark: SparkSession, cfg: Config, name: str, p: Person, pattern: str) -> int:
-    """MERGE-delete the person's rows of one table; returns rows removed."""
-    rule = _person_rows(name, p, pattern)
+def _delete_person_rows(
+    spark: SparkSession, cfg: Config, name: str, p: Person, m: Mentions
+) -> tuple[int, list[int]]:
+    """MERGE-delete the rows of one table that belong to ``p``; returns (rows removed, [version before,
+    version after]) (no version is read when nothing matches)."""
+    rule = _person_rows(name, p, m)
     if rule is None or not io.exists(spark, cfg, name):
-        return 0
+        return 0, []
     predicate, keys = rule
     table = io.read(spark, cfg, name)
     columns = [f"{k.replace('{t}.', '')} AS k{i}" for i, k in enumerate(keys)]
     matches = table.filter(predicate(table)).selectExpr(*columns).distinct().localCheckpoint()
     n = matches.count()
     if n == 0:
-        return 0
+        return 0, []
+    before = io.version(spark, cfg, name)
     condition = " AND ".join(f"{k.format(t='t')} <=> s.k{i}" for i, k in enumerate(keys))
     target = DeltaTable.forPath(spark, io.path_of(cfg, name))
     io.retry_on_conflict(
         lambda: target.alias("t").merge(matches.alias("s"), condition).whenMatchedDelete().execute(),
         attempts=cfg.governance.conflict_attempts,
     )
-    return n
+    return n, [before, io.version(spark, cfg, name)]
 
 
-def _drop_from_deliveries(spark: SparkSession, cfg: Config, p: Person) -> int:
+def _drop_from_deliveries(spark: SparkSession, cfg: Config, p: Person) -> tuple[int, list[int]]:
     """Delivery records stay (they are what makes a rerun send nothing twice) without the person's id."""
     if not io.exists(spark, cfg, "activation.deliveries") or not p.profile_ids:
-        return 0
-    gone = F.array(*[F.lit(x) for x in p.profile_ids])
-    rows = io.read(spark, cfg, "activation.deliveries").filter(F.arrays_overlap("profile_ids", gone))
+        return 0, []
+    pids = p.profile_ids
+    rows = io.read(spark, cfg, "activation.deliveries").filter(
+        F.exists("profile_ids", lambda x: x.isin(pids))
+    )
     keys = rows.select("destination", "idempotency_key").distinct().localCheckpoint()
     n = keys.count()
-    if n:
-        target = DeltaTable.forPath(spark, io.path_of(cfg, "activation.deliveries"))
-        io.retry_on_conflict(
-            lambda: (
-                target.alias("t")
-                .merge(
-                    keys.alias("s"),
-                    "t.destination <=> s.destination AND t.idempotency_key <=> s.idempotency_key",
-                )
-                .whenMatchedUpdate(set={"profile_ids": F.array_except("t.profile_ids", gone)})
-                .execute()
-            ),
-            attempts=cfg.governance.conflict_attempts,
-        )
-    return n
+    if n == 0:
+        return 0, []
+    before = io.version(spark, cfg, "activation.deliveries")
+    target = DeltaTable.forPath(spark, io.path_of(cfg, "activation.deliveries"))
+    gone = F.array(*[F.lit(x) for x in pids])
+    io.retry_on_conflict(
+        lambda: (
+            target.alias("t")
+            .merge(
+                keys.alias("s"), "t.destination <=> s.destination AND t.idempotency_key <=> s.idempotency_key"
+            )
+            .whenMatchedUpdate(set={"profile_ids": F.array_except("t.profile_ids", gone)})
+            .execute()
+        ),
+        attempts=cfg.governance.conflict_attempts,
+    )
+    return n, [before, io.version(spark, cfg, "activation.deliveries")]
 
 
-def _rewrite_text(path: Path, pattern: re.Pattern) -> int:
+def _rewrite_text(path: Path, m: Mentions) -> int:
     """Drop the lines that mention the person; keep the file's times. Returns lines removed."""
     raw = path.read_bytes()
     if b"\0" in raw[:4096]:
         return 0  # binary: not a landing or export format
     lines = raw.decode("utf-8", errors="surrogateescape").splitlines(keepends=True)
-    kept = [line for line in lines if not pattern.search(line)]
+    kept = [line for line in lines if not m.line(line)]
     if len(kept) == len(lines):
         return 0
     st = path.stat()
@@ -322,18 +435,13 @@ def _rewrite_text(path: Path, pattern: re.Pattern) -> int:
     return len(lines) - len(kept)
 
 
-def _rewrite_parquet(path: Path, pattern: str) -> int:
+def _rewrite_parquet(path: Path, m: Mentions) -> int:
     table = pq.read_table(path)
     hit = pa.array([False] * table.num_rows)
     for name in table.column_names:
         col = table[name]
         if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-            hit = pc.or_(
-                hit,
-                pc.fill_null(
-                    pc.match_substring_regex(col, pattern.replace("(?i)", ""), ignore_case=True), False
-                ),
-            )
+            hit = pc.or_(hit, m.arrow(col))
     removed = int(pc.sum(hit).as_py() or 0)
     if removed:
         st = path.stat()
@@ -348,10 +456,9 @@ def _is_table_dir(path: Path) -> bool:
     return (path / "_delta_log").is_dir()
 
 
-def _rewrite_files(cfg: Config, p: Person, pattern: str) -> dict[str, int]:
+def _rewrite_files(cfg: Config, m: Mentions) -> dict[str, int]:
     """Landing, archived and exported files (anything under the lakehouse that is not a Delta table, a
     lock or the stream's checkpoint): lines or rows that mention the person are removed."""
-    compiled = re.compile(pattern)
     root, touched = cfg.lakehouse.root, {}
     skip = {cfg.lakehouse.checkpoints.resolve(), (root / "_locks").resolve(), pending_dir(cfg).resolve()}
     for dirpath, dirnames, filenames in os.walk(root):
@@ -363,9 +470,7 @@ def _rewrite_files(cfg: Config, p: Person, pattern: str) -> dict[str, int]:
             path = here / f
             if f.startswith("."):
                 continue
-            removed = (
-                _rewrite_parquet(path, pattern) if f.endswith(".parquet") else _rewrite_text(path, compiled)
-            )
+            removed = _rewrite_parquet(path, m) if f.endswith(".parquet") else _rewrite_text(path, m)
             if removed:
                 touched[str(path)] = removed
     return touched
@@ -417,7 +522,9 @@ def purge(spark: SparkSession, cfg: Config, names: list[str]) -> None:
 
 @dataclass
 class ForgetResult:
-    request_id: str
+    """One fulfilment: a batch of requests carried out together (tables, files and purge are shared)."""
+
+    request_ids: list[str]
     profiles: int = 0
     identifiers: int = 0
     rows_removed: dict[str, int] = field(default_factory=dict)
@@ -427,78 +534,99 @@ class ForgetResult:
     seconds: float = 0.0
 
 
-def suppress(spark: SparkSession, cfg: Config, request_id: str, identifiers: list[str]) -> None:
+def suppress(spark: SparkSession, cfg: Config, identifiers: dict[str, list[str]]) -> None:
+    """Add the identifiers of each request (request id -> identifiers) to the suppression list."""
     now = datetime.now(UTC)
-    rows = [(identifier_hash(i), request_id, now) for i in sorted(set(identifiers))]
+    rows = {
+        identifier_hash(i): (identifier_hash(i), rid, now) for rid, ids in identifiers.items() for i in ids
+    }
     io.ensure(spark, cfg, "governance.suppression", spark.createDataFrame([], SUPPRESSION_SCHEMA).schema)
     io.merge_insert_new(
-        spark.createDataFrame(rows, SUPPRESSION_SCHEMA), cfg, "governance.suppression", ["identifier_hash"]
+        spark.createDataFrame(sorted(rows.values()), SUPPRESSION_SCHEMA),
+        cfg,
+        "governance.suppression",
+        ["identifier_hash"],
     )
 
 
-def fulfil(spark: SparkSession, cfg: Config, request: dict) -> ForgetResult:
-    """Carry out one pending request (see the module docstring). Locks are the caller's."""
+def fulfil(spark: SparkSession, cfg: Config, requests: list[dict]) -> ForgetResult:
+    """Carry out pending requests together (see the module docstring): every table is read, MERGEd,
+    purged and every file rewritten once for the whole batch. Locks are the caller's."""
     t0 = time.time()
-    request_id, identifier = request["request_id"], request["identifier"]
-    result = ForgetResult(request_id)
-    person = resolve_person(spark, cfg, identifier)
-    suppress(spark, cfg, request_id, person.identifiers)
+    wanted = {r["request_id"]: r["identifier"] for r in requests}
+    result = ForgetResult(sorted(wanted))
+    people = resolve_people(spark, cfg, wanted)
+    suppress(spark, cfg, {rid: p.identifiers for rid, p in people.items()})
     # a second pass after the deletes catches events that raced in before suppression took effect
     for _ in range(2):
-        pattern = mentions_pattern(person.terms)
+        everyone = Person.union(people.values())
+        mentions = Mentions.of(everyone.terms)
         for name in io.TABLES:
             if name.startswith("governance.") or not io.exists(spark, cfg, name):
                 continue
-            before = io.version(spark, cfg, name)
-            removed = _delete_person_rows(spark, cfg, name, person, pattern)
             if name == "activation.deliveries":
-                removed = _drop_from_deliveries(spark, cfg, person)
+                removed, versions = _drop_from_deliveries(spark, cfg, everyone)
+            else:
+                removed, versions = _delete_person_rows(spark, cfg, name, everyone, mentions)
             if removed:
                 result.rows_removed[name] = result.rows_removed.get(name, 0) + removed
-                result.versions[name] = [before, io.version(spark, cfg, name)]
-        for path, n in _rewrite_files(cfg, person, pattern).items():
+                result.versions[name] = [result.versions.get(name, versions)[0], versions[1]]
+        for path, n in _rewrite_files(cfg, mentions).items():
             result.files[path] = result.files.get(path, 0) + n
-        again = resolve_person(spark, cfg, identifier)
-        if set(again.terms) <= set(person.terms):
+        again = resolve_people(spark, cfg, wanted)
+        if all(set(again[r].terms) <= set(people[r].terms) for r in wanted):
             break
-        person = Person(
-            *(
-                sorted(set(a) | set(b))
-                for a, b in zip(asdict(person).values(), asdict(again).values(), strict=True)
-            )
-        )
+        people = {r: Person.union([people[r], again[r]]) for r in wanted}
     result.cleared = _clear_derived_state(cfg)
     purge(spark, cfg, sorted(result.versions))
     # cached frames hold the person's rows in memory, and would stand in for reads of the purged files
     spark.catalog.clearCache()
-    result.profiles, result.identifiers = len(person.profile_ids), len(person.identifiers)
+    everyone = Person.union(people.values())
+    result.profiles, result.identifiers = len(everyone.profile_ids), len(everyone.identifiers)
     result.seconds = round(time.time() - t0, 2)
-    details = {
+    batch = {
+        "requests": len(wanted),
         "tables": {
             n: {"rows_removed": r, "versions": result.versions[n]} for n, r in result.rows_removed.items()
         },
         "files": result.files,
         "cleared": result.cleared,
-        "profiles": result.profiles,
-        "identifiers": result.identifiers,
-        "verify_hashes": sorted(term_hash(t) for t in person.verify_terms),
         "vacuum_retention_hours": cfg.governance.vacuum_retention_hours,
         "seconds": result.seconds,
     }
-    audit(spark, cfg, request_id, "completed", sum(result.rows_removed.values()), len(result.files), details)
-    requests = DeltaTable.forPath(spark, io.path_of(cfg, "governance.deletion_requests"))
+    audit(
+        spark,
+        cfg,
+        [
+            (
+                rid,
+                "completed",
+                sum(result.rows_removed.values()),
+                len(result.files),
+                {
+                    **batch,
+                    "profiles": len(p.profile_ids),
+                    "identifiers": len(p.identifiers),
+                    "verify_hashes": sorted(term_hash(t) for t in p.verify_terms),
+                },
+            )
+            for rid, p in sorted(people.items())
+        ],
+    )
+    requests_table = DeltaTable.forPath(spark, io.path_of(cfg, "governance.deletion_requests"))
     done = spark.createDataFrame(
-        [(request_id, datetime.now(UTC))], "request_id string, completed_at timestamp"
+        [(rid, datetime.now(UTC)) for rid in sorted(wanted)], "request_id string, completed_at timestamp"
     )
     io.retry_on_conflict(
         lambda: (
-            requests.alias("t")
+            requests_table.alias("t")
             .merge(done.alias("s"), "t.request_id = s.request_id")
             .whenMatchedUpdate(set={"status": F.lit("completed"), "completed_at": F.col("s.completed_at")})
             .execute()
         )
     )
-    (pending_dir(cfg) / f"{request_id}.json").unlink(missing_ok=True)
+    for rid in wanted:
+        (pending_dir(cfg) / f"{rid}.json").unlink(missing_ok=True)
     return result
 
 

@@ -27,9 +27,8 @@ from pyspark.sql import functions as F
 
 from pipelines import io
 from pipelines.config import PROJECT_ROOT, Config
-from pipelines.forget import audit
+from pipelines.forget import TOKEN, audit
 
-_TOKEN = re.compile(r"[A-Za-z0-9_.@+\-]+")
 _PHONE = re.compile(r"\+?\(?\d[\d\s().\-]{6,}\d")
 
 
@@ -47,7 +46,7 @@ class Proof:
 
 
 def _hashes_of(text: str) -> Iterator[str]:
-    for token in _TOKEN.findall(text):
+    for token in TOKEN.findall(text):
         t = token.lower()
         yield hashlib.sha256(t.encode()).hexdigest()
         stripped = t.strip(".-")
@@ -116,13 +115,6 @@ def verify(spark: SparkSession, cfg: Config, request_id: str) -> Proof:
     hashes = set(json.loads(rows[0].details)["verify_hashes"])
     extra = [p if p.is_absolute() else PROJECT_ROOT / p for p in cfg.governance.scan_paths]
     proof = scan([cfg.lakehouse.root, *extra], hashes, request_id)
-    audit(
-        spark,
-        cfg,
-        request_id,
-        "verified",
-        0,
-        proof.files_scanned,
-        {"found": proof.found, "bytes_scanned": proof.bytes_scanned, "clean": proof.clean},
-    )
+    details = {"found": proof.found, "bytes_scanned": proof.bytes_scanned, "clean": proof.clean}
+    audit(spark, cfg, [(request_id, "verified", 0, proof.files_scanned, details)])
     return proof

@@ -124,14 +124,24 @@ def test_forget_removes_a_person_from_every_table_version_and_file(forgotten, sp
     assert forgotten["built"].success
     graph = io.read(spark, cfg, "gold.identity_graph")
     ann_profile = graph.filter(F.col("identifier") == f"email:{ANN['email']}").first().profile_id
-    others_before = io.read(spark, cfg, "gold.profiles").filter(F.col("profile_id") != ann_profile).count()
+    # a second person, from the generated data, is forgotten in the same run (requests are batched)
+    bob = (
+        graph.filter((F.col("id_type") == "email") & (F.col("profile_id") != ann_profile))
+        .orderBy("identifier")
+        .first()
+    )
+    bob_values = [r.id_value for r in graph.filter(F.col("profile_id") == bob.profile_id).collect()]
+    gone = [ann_profile, bob.profile_id]
+    others_before = io.read(spark, cfg, "gold.profiles").filter(~F.col("profile_id").isin(gone)).count()
     # Ann is everywhere: every layer, the landing files, the export and the webhook
     hashes = {term_hash(v) for v in [*ANN.values(), ann_profile]}
+    bob_hashes = {term_hash(v) for v in [*bob_values, bob.profile_id]}
     before = scan([cfg.lakehouse.root], hashes)
     places = {part for h in before.found for part in Path(h["path"]).relative_to(cfg.lakehouse.root).parts}
     for place in ("events", "crm", "orders", "crm_customers", "identity_edges", "identity_graph", "profiles",
                   "profile_traits", "audience_membership", "consent", "deliveries", "audiences"):  # fmt: skip
         assert place in places, f"Ann should be in {place} before the deletion: {sorted(places)}"
+    assert scan([cfg.lakehouse.root], bob_hashes).found
     sent = [e for p in receiver.accepted() for e in p["body"]["events"]]
     assert ann_profile in {e["profile_id"] for e in sent}
 
@@ -140,10 +150,18 @@ def test_forget_removes_a_person_from_every_table_version_and_file(forgotten, sp
     request_id = out.split("deletion request ")[1].split()[0]
     requested = io.read(spark, cfg, "governance.deletion_requests").first()
     assert requested.status == "pending" and requested.identifier_hash != ANN["email"]
+    code, out = _cli("forget", bob.identifier)
+    bob_request = out.split("deletion request ")[1].split()[0]
 
     sensor = defs.get_sensor_def("deletion_requests")
-    requests = list(sensor.evaluate_tick(build_sensor_context(instance=instance)).run_requests)
-    assert [r.run_key for r in requests] == [request_id]
+    tick = sensor.evaluate_tick(build_sensor_context(instance=instance))
+    requests = list(tick.run_requests)
+    assert [r.run_key for r in requests] == [f"{request_id}+1"]  # one run for both
+    ops_config = requests[0].run_config["ops"]["fulfil_deletion_requests"]["config"]
+    assert ops_config["request_ids"] == [request_id, bob_request]
+    # handed out once: the next tick with the cursor starts nothing more
+    later = sensor.evaluate_tick(build_sensor_context(instance=instance, cursor=tick.cursor))
+    assert not list(later.run_requests)
     run = defs.resolve_job_def("forget").execute_in_process(
         run_config=requests[0].run_config, instance=instance
     )
@@ -155,17 +173,21 @@ def test_forget_removes_a_person_from_every_table_version_and_file(forgotten, sp
                   "gold.profile_traits", "gold.audience_membership", "gold.consent"):  # fmt: skip
         assert removed.get(table, 0) > 0, f"nothing removed from {table}: {removed}"
 
-    code, out = _cli("forget", "--verify", request_id)
-    report(out.strip().splitlines()[0])
-    assert code == 0 and "found 0" in out
-    after = scan([cfg.lakehouse.root], hashes)
+    for rid in (request_id, bob_request):
+        code, out = _cli("forget", "--verify", rid)
+        report(out.strip().splitlines()[0])
+        assert code == 0 and "found 0" in out
+    after = scan([cfg.lakehouse.root], hashes | bob_hashes)
     assert after.found == [] and after.files_scanned > 100
 
-    # everyone else is still there, and the request and its proof are in the audit log
+    # everyone else is still there, and the requests and their proof are in the audit log
     assert io.read(spark, cfg, "gold.profiles").count() == others_before
-    kinds = [r.event_kind for r in io.read(spark, cfg, "governance.audit_log").orderBy("at").collect()]
-    assert kinds == ["received", "completed", "verified"]
-    assert io.read(spark, cfg, "governance.deletion_requests").first().status == "completed"
+    kinds = [(r.request_id, r.event_kind) for r in io.read(spark, cfg, "governance.audit_log").collect()]
+    assert sorted(kinds) == sorted(
+        (r, k) for r in (request_id, bob_request) for k in ("received", "completed", "verified")
+    )
+    statuses = io.read(spark, cfg, "governance.deletion_requests").select("status").collect()
+    assert [r.status for r in statuses] == ["completed", "completed"]
     assert not list(sensor.evaluate_tick(build_sensor_context(instance=instance)).run_requests)
 
     # a late event for Ann goes to quarantine and does not bring her profile back
