@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
-.PHONY: install demo test ui check lint format bench bench-streaming bench-collector bench-identity bench-profiles lock clean
+.PHONY: install demo test ui check lint format bench bench-streaming bench-collector bench-identity bench-profiles bench-governance lock clean
 
 $(BIN)/.installed: requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ bench: install  ## pipeline, streaming, collector and identity benchmarks -> doc
 	$(BIN)/python -m benchmarks.collector
 	$(BIN)/python -m benchmarks.identity $${BENCH_IDENTITY_PEOPLE:-100000 1000000}
 	$(BIN)/python -m benchmarks.profiles --people $${BENCH_PROFILES_PEOPLE:-1000000}
+	$(BIN)/python -m benchmarks.governance --people $${BENCH_GOVERNANCE_PEOPLE:-1000000}
+
+bench-governance: install  ## right to be forgotten: one request and a batch of 1,000 against 1M people
+	$(BIN)/python -m benchmarks.governance --people $${BENCH_GOVERNANCE_PEOPLE:-1000000} --batch $${BENCH_GOVERNANCE_BATCH:-1000}
 
 bench-profiles: install  ## traits and audiences: 1,000 touched people out of 1M, incremental vs full refresh
 	$(BIN)/python -m benchmarks.profiles --people $${BENCH_PROFILES_PEOPLE:-1000000}
