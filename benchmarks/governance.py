@@ -376,6 +376,7 @@ def run(people: int, batch: int) -> dict:
             "files": len(result.files),
             "profiles": result.profiles,
             "left": sum(left.values()),
+            "phases": result.phases,
         }
 
     single = forget([people // 3], ["email"])
@@ -408,7 +409,9 @@ def main(people: int, batch: int) -> None:
     for label, x in (("1 request", r["single"]), (f"batch of {batch:,}", r["batch"])):
         rows.append(
             f"| {label} | {x['seconds']} s | {x['seconds'] / x['requests']:.2f} s | {x['profiles']:,} | "
-            f"{x['rows']:,} | {x['tables']} | {x['files']} | {x['left']} |"
+            f"{x['rows']:,} | {x['tables']} | {x['files']} | {x['left']} | "
+            + ", ".join(f"{k} {v:.0f}" for k, v in x["phases"].items())
+            + " |"
         )
     append_report(
         "Right to be forgotten",
@@ -422,8 +425,8 @@ def main(people: int, batch: int) -> None:
             "REORG PURGE where deletion vectors are on, VACUUM LITE with retention 0 (the old files are really",
             "deleted), audit log. One process, one run after the other on the same lakehouse.",
             "",
-            "| run | wall | per request | profiles removed | rows removed | tables | files rewritten | rows left after |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|",
+            "| run | wall | per request | profiles removed | rows removed | tables | files rewritten | rows left after | phases (s) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---|",
             *rows,
             "",
             f"Everyone else intact (profile count = before - removed): {'yes' if r['others_intact'] else 'NO'}.",

@@ -532,6 +532,12 @@ class ForgetResult:
     versions: dict[str, list[int]] = field(default_factory=dict)
     cleared: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)  # seconds: resolve, delete, files, purge, record
+
+    def timed(self, phase: str, since: float) -> float:
+        now = time.time()
+        self.phases[phase] = round(self.phases.get(phase, 0.0) + now - since, 2)
+        return now
 
 
 def suppress(spark: SparkSession, cfg: Config, identifiers: dict[str, list[str]]) -> None:
@@ -557,6 +563,7 @@ def fulfil(spark: SparkSession, cfg: Config, requests: list[dict]) -> ForgetResu
     result = ForgetResult(sorted(wanted))
     people = resolve_people(spark, cfg, wanted)
     suppress(spark, cfg, {rid: p.identifiers for rid, p in people.items()})
+    t = result.timed("resolve", t0)
     # a second pass after the deletes catches events that raced in before suppression took effect
     for _ in range(2):
         everyone = Person.union(people.values())
@@ -571,9 +578,12 @@ def fulfil(spark: SparkSession, cfg: Config, requests: list[dict]) -> ForgetResu
             if removed:
                 result.rows_removed[name] = result.rows_removed.get(name, 0) + removed
                 result.versions[name] = [result.versions.get(name, versions)[0], versions[1]]
+        t = result.timed("delete", t)
         for path, n in _rewrite_files(cfg, mentions).items():
             result.files[path] = result.files.get(path, 0) + n
+        t = result.timed("files", t)
         again = resolve_people(spark, cfg, wanted)
+        t = result.timed("resolve", t)
         if all(set(again[r].terms) <= set(people[r].terms) for r in wanted):
             break
         people = {r: Person.union([people[r], again[r]]) for r in wanted}
@@ -581,6 +591,7 @@ def fulfil(spark: SparkSession, cfg: Config, requests: list[dict]) -> ForgetResu
     purge(spark, cfg, sorted(result.versions))
     # cached frames hold the person's rows in memory, and would stand in for reads of the purged files
     spark.catalog.clearCache()
+    t = result.timed("purge", t)
     everyone = Person.union(people.values())
     result.profiles, result.identifiers = len(everyone.profile_ids), len(everyone.identifiers)
     result.seconds = round(time.time() - t0, 2)
@@ -593,6 +604,7 @@ def fulfil(spark: SparkSession, cfg: Config, requests: list[dict]) -> ForgetResu
         "cleared": result.cleared,
         "vacuum_retention_hours": cfg.governance.vacuum_retention_hours,
         "seconds": result.seconds,
+        "phases": result.phases,
     }
     audit(
         spark,
@@ -627,6 +639,7 @@ def fulfil(spark: SparkSession, cfg: Config, requests: list[dict]) -> ForgetResu
     )
     for rid in wanted:
         (pending_dir(cfg) / f"{rid}.json").unlink(missing_ok=True)
+    result.timed("record", t)
     return result
 
 
