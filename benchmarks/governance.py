@@ -331,6 +331,7 @@ def run(people: int, batch: int) -> dict:
     from pipelines.config import load_config
     from pipelines.demo_data import generate
     from pipelines.forget import fulfil, pending_requests, request_deletions
+    from pipelines.proof import verify
     from pipelines.spark import get_spark
 
     cfg = load_config()
@@ -377,6 +378,7 @@ def run(people: int, batch: int) -> dict:
             "profiles": result.profiles,
             "left": sum(left.values()),
             "phases": result.phases,
+            "request_ids": sorted(ids),
         }
 
     single = forget([people // 3], ["email"])
@@ -388,6 +390,17 @@ def run(people: int, batch: int) -> dict:
     ]
     many = forget(who, kinds)
     profiles_after = io.read(spark, cfg, "gold.profiles").count()
+    t0 = time.time()
+    proofs = verify(spark, cfg, single["request_ids"] + many["request_ids"])
+    any_proof = next(iter(proofs.values()))
+    proof = {
+        "seconds": round(time.time() - t0, 1),
+        "files": any_proof.files_scanned,
+        "gib": round(any_proof.bytes_scanned / 2**30, 2),
+        "requests": len(proofs),
+        "found": sum(len(p.found) for p in proofs.values()),
+    }
+    print(f"verify: {proof}", flush=True)
     return {
         "people": people,
         **sizes,
@@ -398,6 +411,7 @@ def run(people: int, batch: int) -> dict:
         "single": single,
         "batch": many,
         "others_intact": profiles_after == profiles_before - single["profiles"] - many["profiles"],
+        "proof": proof,
     }
 
 
@@ -405,6 +419,7 @@ def main(people: int, batch: int) -> None:
     from benchmarks.machine import append_report
 
     r = run(people, batch)
+    p = r["proof"]
     rows = []
     for label, x in (("1 request", r["single"]), (f"batch of {batch:,}", r["batch"])):
         rows.append(
@@ -430,6 +445,8 @@ def main(people: int, batch: int) -> None:
             *rows,
             "",
             f"Everyone else intact (profile count = before - removed): {'yes' if r['others_intact'] else 'NO'}.",
+            f"`verify` of all {p['requests']:,} requests afterwards (one walk, every token of every file hashed): "
+            f"{p['files']:,} files, {p['gib']} GiB in {p['seconds']} s; found {p['found']}.",
         ],
     )
 

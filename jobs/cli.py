@@ -279,33 +279,36 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_forget(args: argparse.Namespace) -> int:
-    """Record a deletion request (the Dagster sensor fulfils it), fulfil it now, or verify one."""
-    from pipelines.forget import fulfil, pending_requests, request_deletion
+    """Record deletion requests (the Dagster sensor fulfils them), fulfil them now, or verify them."""
+    from pipelines.forget import fulfil, pending_requests, request_deletions
     from pipelines.proof import verify
     from pipelines.stream import identity_lock, writes_lock
 
     spark, cfg = _spark()
     if args.verify:
-        proof = verify(spark, cfg, args.target)
-        print(
-            f"request {args.target}: {proof.files_scanned} files ({proof.bytes_scanned:,} bytes) searched for "
-            f"{proof.values_searched} values; found {len(proof.found)}"
-        )
-        for hit in proof.found:
-            print(f"  FOUND in {hit['path']}")
-        return 0 if proof.clean else 1
-    request_id = request_deletion(spark, cfg, args.target, args.reason or "")
-    print(f"deletion request {request_id} recorded")
+        proofs = verify(spark, cfg, args.targets)
+        for request_id in args.targets:
+            proof = proofs[request_id]
+            print(
+                f"request {request_id}: {proof.files_scanned} files ({proof.bytes_scanned:,} bytes) searched "
+                f"for {proof.values_searched} values; found {len(proof.found)}"
+            )
+            for hit in proof.found:
+                print(f"  FOUND in {hit['path']}")
+        return 0 if all(p.clean for p in proofs.values()) else 1
+    request_ids = request_deletions(spark, cfg, args.targets, args.reason or "")
+    for request_id in request_ids:
+        print(f"deletion request {request_id} recorded")
     if args.now:
-        request = next(r for r in pending_requests(cfg) if r["request_id"] == request_id)
+        requests = [r for r in pending_requests(cfg) if r["request_id"] in request_ids]
         with writes_lock(cfg), identity_lock(cfg):
-            result = fulfil(spark, cfg, [request])
+            result = fulfil(spark, cfg, requests)
         print(
             f"fulfilled in {result.seconds} s: {sum(result.rows_removed.values())} rows from "
             f"{len(result.rows_removed)} tables, {len(result.files)} files rewritten"
         )
     else:
-        print("the Dagster sensor `deletion_requests` fulfils it (or run again with --now)")
+        print("the Dagster sensor `deletion_requests` fulfils them (or run again with --now)")
     return 0
 
 
@@ -563,16 +566,24 @@ def build_parser() -> argparse.ArgumentParser:
     ss.add_argument("--port", type=int, help="override sql_server.port")
     ss.set_defaults(fn=cmd_sql_server)
 
-    fg = sub.add_parser("forget", help="right to be forgotten: record a deletion request, or verify one")
+    fg = sub.add_parser("forget", help="right to be forgotten: record deletion requests, or verify them")
     fg.add_argument(
-        "target", help="type:value of the person (e.g. email:ann@example.com), or with --verify a request id"
+        "targets",
+        nargs="+",
+        metavar="target",
+        help="type:value of a person (e.g. email:ann@example.com), or with --verify a request id; several "
+        "are fulfilled together",
     )
     fg.add_argument("--reason", help="why (kept in the audit log)")
     fg.add_argument(
-        "--now", action="store_true", help="fulfil it in this process instead of via the Dagster sensor"
+        "--now",
+        action="store_true",
+        help="fulfil them in this process (one batch) instead of via the Dagster sensor",
     )
     fg.add_argument(
-        "--verify", action="store_true", help="search every table version and file for the person"
+        "--verify",
+        action="store_true",
+        help="search every table version and file for the persons (one walk for all)",
     )
     fg.set_defaults(fn=cmd_forget)
 

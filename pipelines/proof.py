@@ -101,20 +101,44 @@ def scan(roots: list[Path], hashes: set[str], request_id: str = "") -> Proof:
     return proof
 
 
-def verify(spark: SparkSession, cfg: Config, request_id: str) -> Proof:
-    """Search everything Converge keeps for the person of a completed request; record the result."""
+def verify(spark: SparkSession, cfg: Config, request_ids: list[str]) -> dict[str, Proof]:
+    """Search everything Converge keeps for the persons of completed requests, in one walk over the files
+    for all of them; record each result in the audit log."""
     if not io.exists(spark, cfg, "governance.audit_log"):
         raise LookupError("no deletion has been recorded in this lakehouse")
     rows = (
         io.read(spark, cfg, "governance.audit_log")
-        .filter((F.col("request_id") == request_id) & (F.col("event_kind") == "completed"))
+        .filter(F.col("request_id").isin(request_ids) & (F.col("event_kind") == "completed"))
+        .select("request_id", "details")
         .collect()
     )
-    if not rows:
-        raise LookupError(f"request {request_id} is unknown or not completed yet")
-    hashes = set(json.loads(rows[0].details)["verify_hashes"])
+    hashes = {r.request_id: set(json.loads(r.details)["verify_hashes"]) for r in rows}
+    missing = sorted(set(request_ids) - set(hashes))
+    if missing:
+        raise LookupError(f"request(s) {', '.join(missing)} unknown or not completed yet")
     extra = [p if p.is_absolute() else PROJECT_ROOT / p for p in cfg.governance.scan_paths]
-    proof = scan([cfg.lakehouse.root, *extra], hashes, request_id)
-    details = {"found": proof.found, "bytes_scanned": proof.bytes_scanned, "clean": proof.clean}
-    audit(spark, cfg, [(request_id, "verified", 0, proof.files_scanned, details)])
-    return proof
+    every = scan([cfg.lakehouse.root, *extra], set().union(*hashes.values()))
+    proofs = {}
+    for request_id, mine in hashes.items():
+        proofs[request_id] = Proof(
+            request_id,
+            every.files_scanned,
+            every.bytes_scanned,
+            len(mine),
+            [hit for hit in every.found if hit["hash"] in mine],
+        )
+    audit(
+        spark,
+        cfg,
+        [
+            (
+                rid,
+                "verified",
+                0,
+                p.files_scanned,
+                {"found": p.found, "bytes_scanned": p.bytes_scanned, "clean": p.clean},
+            )
+            for rid, p in sorted(proofs.items())
+        ],
+    )
+    return proofs
