@@ -34,8 +34,7 @@ def identity_edges(spark: SparkResource) -> MaterializeResult:
     edges = all_edges(
         _observations(session, cfg),
         io.read(session, cfg, "silver.customers"),
-        cfg.identity.priorities,
-        cfg.identity.probabilistic,
+        cfg.identity,
     )
     io.overwrite(edges, cfg, "silver.identity_edges")
     by_rule = {

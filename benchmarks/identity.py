@@ -146,30 +146,38 @@ def duckdb_reference(run: Path) -> None:
     from splink.backends.duckdb import DuckDBAPI
 
     from pipelines.config import load_config
-    from pipelines.matching import splink_settings
+    from pipelines.matching import splink_settings, train_and_predict
 
-    conf = load_config("dev").identity.probabilistic
+    identity = load_config("dev").identity
+    conf = identity.probabilistic
     t0 = time.time()
     con = duckdb.connect()
     c = str(run / "customers.parquet")
+
+    def contact(t: str) -> str:
+        """pipelines.matching.contact_identifiers in SQL: the silver value as an identifier, unless it is
+        blocklisted or on more records than the type's max_degree (silver values are normalised already)."""
+        patterns = identity.blocklist.get(t, [])
+        exact = ", ".join(f"'{p.lower()}'" for p in patterns if not p.startswith("^")) or "null"
+        blocked = f"lower({t}) in ({exact})" + "".join(
+            f" or regexp_matches(lower({t}), '{p}')" for p in patterns if p.startswith("^")
+        )
+        bound = identity.max_degree.get(t)
+        hub = f" or count(*) over (partition by {t}) > {bound}" if bound else ""
+        return f"case when {blocked}{hub} then null else '{t}:' || {t} end as {t}"
+
     records = con.sql(
         f"""select source_system || '_id:' || source_id as unique_id, lower(first_name) first_name,
             lower(last_name) last_name, strftime(date_of_birth, '%Y-%m-%d') date_of_birth, lower(street) street,
-            lower(city) city, upper(replace(postal_code, ' ', '')) postal_code, email, phone,
-            coalesce(updated_at, created_at, _loaded_at) seen_at, email as _label
+            lower(city) city, upper(replace(postal_code, ' ', '')) postal_code, {contact("email")},
+            {contact("phone")}, coalesce(updated_at, created_at, _loaded_at) seen_at
             from read_parquet('{c}/*.parquet')"""
     ).df()
+    if conf.training.m_label_column:
+        records["_label"] = records[conf.training.m_label_column]
     db_api = DuckDBAPI(connection=con)
     linker = Linker(db_api.register(records), splink_settings(conf), log_level=None)
-    from splink import block_on
-
-    t = conf.training
-    linker.training.estimate_probability_two_random_records_match(
-        [block_on(*cols) for cols in t.deterministic_rules], recall=t.deterministic_recall
-    )
-    linker.training.estimate_u_using_random_sampling(max_pairs=t.u_max_pairs, seed=t.seed)
-    linker.training.estimate_m_from_label_column("_label")
-    pairs = linker.inference.predict(threshold_match_probability=conf.threshold)
+    pairs = train_and_predict(linker, conf)
     clusters = linker.clustering.cluster_pairwise_predictions_at_threshold(
         pairs, conf.threshold
     ).as_pandas_dataframe()

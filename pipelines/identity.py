@@ -15,7 +15,7 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from pipelines.config import ProbabilisticConfig
+from pipelines.config import IdentityConfig
 from pipelines.identity_guards import LOCAL_MAX_EDGES, cut_hubs, enforce_limits
 from pipelines.normalize import E164_PATTERN, blank_to_null, blocked, normalize_email
 from pipelines.profile_ids import assign_profile_ids
@@ -265,19 +265,15 @@ def merge_edges(edges: DataFrame) -> DataFrame:
     )
 
 
-def all_edges(
-    observations: DataFrame,
-    customers: DataFrame,
-    priorities: dict[str, int],
-    probabilistic: ProbabilisticConfig | None,
-) -> DataFrame:
+def all_edges(observations: DataFrame, customers: DataFrame, identity: IdentityConfig) -> DataFrame:
     """Deterministic edges plus, when enabled in conf, Splink's probabilistic edges between customer records."""
-    edges = build_edges(observations, priorities)
+    edges = build_edges(observations, identity.priorities)
+    probabilistic = identity.probabilistic
     if probabilistic is None or not probabilistic.enabled:
         return edges
     from pipelines.matching import probabilistic_edges
 
-    return edges.unionByName(probabilistic_edges(customers, probabilistic))
+    return edges.unionByName(probabilistic_edges(customers, probabilistic, observations, identity.max_degree))
 
 
 def _large_star(edges: DataFrame) -> DataFrame:

@@ -4,8 +4,8 @@ Deterministic edges link records that share an email, phone or id. A CRM record 
 is an old email, or that has none, stays alone unless its name, date of birth and address say who it is.
 Splink (Fellegi-Sunter) scores candidate pairs from the blocking rules in conf/identity.yaml: it estimates
 the prior from deterministic rules, u-probabilities from random pairs and m-probabilities from the records
-that share an email (optionally refined by EM), then predicts. Pairs at or above the configured match probability become edges between the two record ids,
-rule ``probabilistic:splink``, with the match probability as the edge's score and both records as source.
+that share an email (``contact_identifiers``: blocklisted and hub values do not count; optionally refined
+by EM), then predicts. Pairs at or above the configured match probability become edges between the two record ids, rule ``probabilistic:splink``, with the match probability as the edge's score and both records as source.
 """
 
 from __future__ import annotations
@@ -112,16 +112,61 @@ def train_and_predict(linker: Any, conf: ProbabilisticConfig) -> Any:
     return linker.inference.predict(threshold_match_probability=conf.threshold)
 
 
-def probabilistic_edges(customers: DataFrame, conf: ProbabilisticConfig) -> DataFrame:
+def contact_identifiers(
+    customers: DataFrame, observations: DataFrame, max_degree: dict[str, int]
+) -> DataFrame:
+    """``unique_id, email, phone``: each customer record's email and phone as identity resolution observed
+    them (``identifier_observations``: normalised, missing where blocklisted), and missing too where the
+    value sits on more records than its type's ``max_degree`` (the hub guard's bound).
+
+    Splink reads these columns to estimate the prior (pairs equal on them), to learn m-probabilities (pairs
+    sharing an email) and to leave out pairs already linked. The raw columns will not do: in the
+    100,000-people hard set test@test.com is on 2,132 records and a front-desk phone on 2,714, so nearly
+    every "same email" pair is two different people; the prior came out 160 times too high and the
+    m-probabilities near the u-probabilities, and no pair reached the threshold.
+    """
+    bound = (
+        F.create_map(*[x for t, n in max_degree.items() for x in (F.lit(t), F.lit(n))])
+        if max_degree
+        else None
+    )
+    contacts = observations.filter(
+        (F.col("source_table") == "silver.customers") & F.col("id_type").isin("email", "phone")
+    )
+    per_value = contacts.groupBy("identifier").agg(F.countDistinct("source_record").alias("_records"))
+    contacts = contacts.join(per_value, "identifier")
+    if bound is not None:
+        contacts = contacts.filter(F.coalesce(F.col("_records") <= bound[F.col("id_type")], F.lit(True)))
+    by_record = contacts.groupBy(F.col("source_record").alias("_record")).agg(
+        *[F.max(F.when(F.col("id_type") == t, F.col("identifier"))).alias(t) for t in ("email", "phone")]
+    )
+    record = F.concat_ws(":", "source_system", "source_id")
+    return (
+        customers.select(customer_identifier().alias("unique_id"), record.alias("_record"))
+        .join(by_record, "_record", "left")
+        .dropDuplicates(["unique_id"])
+        .drop("_record")
+    )
+
+
+def probabilistic_edges(
+    customers: DataFrame, conf: ProbabilisticConfig, observations: DataFrame, max_degree: dict[str, int]
+) -> DataFrame:
     """Edges (silver.identity_edges columns plus ``score``) between records Splink scores as one person.
 
-    Pairs that share an email or a phone are already linked by deterministic edges and are left out.
+    Pairs that share an email or a phone are already linked by deterministic edges and are left out. Email
+    and phone are the records' identifiers (``contact_identifiers``), not their raw columns.
     """
     from splink import Linker
     from splink.backends.spark import SparkAPI
 
     spark = customers.sparkSession
-    records = match_records(customers)
+    records = (
+        match_records(customers)
+        .drop("email", "phone")
+        .join(contact_identifiers(customers, observations, max_degree), "unique_id", "left")
+        .select(*RECORD_COLUMNS)
+    )
     if conf.training.m_label_column:
         records = records.withColumn("_label", F.col(conf.training.m_label_column))
     records = records.localCheckpoint()

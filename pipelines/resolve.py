@@ -140,7 +140,7 @@ def resolve(
     observations = identifier_observations(
         customers, events, identity.blocklist, identity.normalizers
     ).localCheckpoint()
-    edges = all_edges(observations, customers, identity.priorities, identity.probabilistic).localCheckpoint()
+    edges = all_edges(observations, customers, identity).localCheckpoint()
     result = identity_graph(
         observations,
         edges,
