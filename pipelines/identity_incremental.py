@@ -26,6 +26,7 @@ from pyspark.sql import functions as F
 from pipelines.config import IdentityConfig
 from pipelines.identity import IdentityResult, component_id, identity_graph
 from pipelines.identity_guards import cut_hubs
+from pipelines.plans import broadcast_if_small
 
 
 def touched_identifiers(
@@ -50,18 +51,23 @@ def touched_identifiers(
     both = edges.select(F.col("src").alias("id"), F.col("dst").alias("next")).unionByName(
         edges.select(F.col("dst").alias("id"), F.col("src").alias("next"))
     )
-    frontier = reached
+    # frontier and reached are a few thousand ids for a micro-batch: broadcast, so a round is one scan of
+    # the edges instead of a shuffle of all of them (pipelines.plans)
+    frontier, reached_rows = reached, reached.count()
+    frontier_rows = reached_rows
     for _ in range(max_rounds):
         step = (
-            frontier.join(both, "id")
+            both.join(broadcast_if_small(frontier, frontier_rows), "id", "left_semi")
             .select(F.col("next").alias("id"))
             .distinct()
-            .join(reached, "id", "left_anti")
+            .join(broadcast_if_small(reached, reached_rows), "id", "left_anti")
             .localCheckpoint()
         )
-        if step.isEmpty():
+        frontier_rows = step.count()
+        if frontier_rows == 0:
             return reached
         reached = reached.unionByName(step).localCheckpoint()
+        reached_rows += frontier_rows
         frontier = step
     raise RuntimeError(f"touched set did not close in {max_rounds} rounds")
 
@@ -104,6 +110,8 @@ def update_identity_graph(
     )
     # hubs are never published: a previous profile row of a new hub goes, like the touched ones
     leaving = touched.unionByName(hubs.select("id")).distinct().localCheckpoint()
+    # both are small for a micro-batch: every join of them with a whole table below is a broadcast
+    touched, leaving = broadcast_if_small(touched), broadcast_if_small(leaving)
 
     sub_obs = observations.join(touched.withColumnRenamed("id", "identifier"), "identifier", "left_semi")
     sub_edges = kept.join(touched.withColumnRenamed("id", "src"), "src", "left_semi")

@@ -32,6 +32,7 @@ from pipelines.audiences import evaluate, update_membership
 from pipelines.config import Config
 from pipelines.customers import silver_customers, standardize_customers
 from pipelines.orders import silver_orders, standardize_orders
+from pipelines.plans import BROADCAST_ROWS, broadcast_if_small
 from pipelines.profiles import customer_identifier, event_identifier, order_identifier
 from pipelines.records import BRONZE_CSV_SCHEMA
 from pipelines.timing import PhaseTimer
@@ -90,8 +91,7 @@ def touched_profiles(
     """``(profile_id)`` of every profile whose traits or memberships may differ between the two sets of
     versions, from the change data feeds. Raises ``AnalysisException`` when a feed is not available for
     the range (a table created before change data feed was on): the caller then refreshes everything."""
-    ids = graph.select("identifier", "profile_id")
-    parts: list[DataFrame] = []
+    changed: list[DataFrame] = []  # identifiers of the silver rows that changed
     for table, identifier in (
         ("silver.events", event_identifier()),
         ("silver.orders", order_identifier()),
@@ -99,8 +99,18 @@ def touched_profiles(
     ):
         start, end = since.get(table, -1) + 1, until[table]
         if end >= start:
-            rows = io.changes(spark, cfg, table, start, end).select(identifier.alias("identifier"))
-            parts.append(rows.join(ids, "identifier").select("profile_id"))
+            changed.append(io.changes(spark, cfg, table, start, end).select(identifier.alias("identifier")))
+    parts: list[DataFrame] = []
+    if changed:
+        identifiers = changed[0]
+        for c in changed[1:]:
+            identifiers = identifiers.unionByName(c)
+        # materialised and counted first: a stream batch changes a few thousand identifiers, which are
+        # broadcast into one scan of the graph instead of shuffling the whole graph to join them
+        identifiers = identifiers.filter(F.col("identifier").isNotNull()).distinct().localCheckpoint()
+        parts.append(
+            graph.join(broadcast_if_small(identifiers), "identifier", "left_semi").select("profile_id")
+        )
     start, end = since.get("gold.identity_graph", -1) + 1, until["gold.identity_graph"]
     if end >= start:
         parts.append(io.changes(spark, cfg, "gold.identity_graph", start, end).select("profile_id"))
@@ -174,17 +184,20 @@ def refresh_traits_and_audiences(
         stats.mode = "incremental"
         with stats.phase("traits"):
             # the touched people's graph rows: one scan of the graph with a broadcast filter
-            mine = graph.join(F.broadcast(touched), "profile_id", "left_semi").localCheckpoint()
+            mine = graph.join(broadcast_if_small(touched), "profile_id", "left_semi").localCheckpoint()
+            small = mine.count() <= BROADCAST_ROWS  # then broadcast into each source's join
             gone = touched.join(
                 mine.select("profile_id").distinct(), "profile_id", "left_anti"
             ).localCheckpoint()
             traits = compute_traits(
-                mine, events, orders, customers, cfg.traits, as_of, profile_ids=touched
+                mine, events, orders, customers, cfg.traits, as_of, profile_ids=touched, small_graph=small
             ).localCheckpoint()
             stats.profiles, stats.removed = traits.count(), gone.count()
         if stats.profiles + stats.removed == 0:
             stats.mode, stats.reason = "skipped", "no profile touched since the last refresh"
-        live = profiles.join(F.broadcast(traits.select("profile_id")), "profile_id", "left_semi")
+        live = profiles.join(
+            broadcast_if_small(traits.select("profile_id"), stats.profiles), "profile_id", "left_semi"
+        )
         evaluated = evaluate(live, traits, cfg.audiences, as_of).unionByName(
             gone.crossJoin(
                 spark.createDataFrame([(a,) for a in cfg.audiences.definitions], "audience string")

@@ -77,14 +77,15 @@ def compute_traits(
     traits: TraitsConfig,
     as_of: datetime,
     profile_ids: DataFrame | None = None,
+    small_graph: bool = False,
 ) -> DataFrame:
     """``gold.profile_traits``: one row per profile of ``graph`` (or of ``profile_ids``), a column per trait,
-    and ``computed_at`` (= ``as_of``)."""
+    and ``computed_at`` (= ``as_of``). ``small_graph``: see ``source_views``."""
     if profile_ids is not None:
         graph = graph.join(
             F.broadcast(profile_ids.select("profile_id").distinct()), "profile_id", "left_semi"
         )
-    views = source_views(graph, events, orders, customers, traits.session_gap_minutes)
+    views = source_views(graph, events, orders, customers, traits.session_gap_minutes, small_graph)
     out = graph.select("profile_id").distinct()
     for source in SOURCES:
         defs = {n: t for n, t in traits.definitions.items() if t.source == source}
