@@ -3,7 +3,7 @@
 For each size (people in the generator's hard set, about 5 identifiers each):
   1. generate, then build silver-shaped customers and events as Parquet (not timed);
   2. full rebuild in a fresh process: observations, deterministic + Splink edges, guards, components, stable
-     ids, written out (wall time and the peak RSS of the whole process tree: Python + JVM);
+     ids, written out (wall time and the peak memory of the whole process tree, Python + JVM, as summed PSS);
   3. incremental update in a fresh process: the state of a build without the newest 10,000 events, then
      those events arrive and only the components they touch are recomputed (timed: the update alone);
   4. precision/recall of the full rebuild against the ground truth, over all identifiers;
@@ -252,7 +252,7 @@ def report(rows: list[dict]) -> str:
         " truth; *records F1* over customer records only, which is what Splink's DuckDB run resolves (same"
         " comparisons, blocking, training and threshold; its time includes training, prediction and clustering).",
         "",
-        "| people | full rebuild | peak RSS | incremental (10k events) | precision | recall | profiles |"
+        "| people | full rebuild | peak memory (PSS) | incremental (10k events) | precision | recall | profiles |"
         " records F1 | Splink DuckDB | DuckDB records F1 |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]

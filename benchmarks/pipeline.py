@@ -21,13 +21,26 @@ ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "benchmarks" / "_runs"
 
 
+def _memory_kb(pid: int) -> int:
+    """The process's proportional set size (PSS): its private pages plus its share of pages it shares. Summed
+    over a process tree this counts a shared page once; RSS would count it in every process that maps it
+    (Spark's forked Python workers share most of their pages with the daemon they were forked from), and a
+    sum of RSS can exceed the machine's memory. VmRSS where smaps_rollup is not available."""
+    try:
+        rollup = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+        return next(int(line.split()[1]) for line in rollup if line.startswith("Pss:"))
+    except (PermissionError, StopIteration):
+        status = Path(f"/proc/{pid}/status").read_text().splitlines()
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS"))
+
+
 def _tree_rss_kb(pid: int) -> int:
+    """Memory of the process tree under ``pid``: the sum of each process's PSS (see ``_memory_kb``)."""
     total, stack = 0, [pid]
     while stack:
         p = stack.pop()
         try:
-            status = Path(f"/proc/{p}/status").read_text().splitlines()
-            total += next(int(line.split()[1]) for line in status if line.startswith("VmRSS"))
+            total += _memory_kb(p)
             for task in os.listdir(f"/proc/{p}/task"):
                 stack += [int(c) for c in Path(f"/proc/{p}/task/{task}/children").read_text().split()]
         except (FileNotFoundError, ProcessLookupError, StopIteration):
@@ -36,7 +49,7 @@ def _tree_rss_kb(pid: int) -> int:
 
 
 def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[float, int, subprocess.CompletedProcess]:
-    """Run ``cmd``, sampling the peak RSS of its process tree. Output goes to temporary files, not pipes:
+    """Run ``cmd``, sampling the peak memory (summed PSS) of its process tree. Output goes to temporary files, not pipes:
     a child that logs more than a pipe holds (Spark's plan dumps) would block on a pipe nobody reads."""
     t0 = time.time()
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
@@ -94,7 +107,7 @@ def main(sizes: list[int]) -> None:
             "Whole `converge_all` job through Dagster in a fresh process (JVM start included), demo data of N people;",
             "peak memory = resident set of the process tree (Python driver + Spark JVM), sampled every 0.2 s.",
             "",
-            "| people | bronze events | profiles | generate (s) | pipeline wall (s) | peak RSS (GiB) | precision | recall |",
+            "| people | bronze events | profiles | generate (s) | pipeline wall (s) | peak memory, PSS (GiB) | precision | recall |",
             "|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         + [
