@@ -34,7 +34,7 @@ def _memory_kb(pid: int) -> int:
         return next(int(line.split()[1]) for line in status if line.startswith("VmRSS"))
 
 
-def _tree_rss_kb(pid: int) -> int:
+def _tree_memory_kb(pid: int) -> int:
     """Memory of the process tree under ``pid``: the sum of each process's PSS (see ``_memory_kb``)."""
     total, stack = 0, [pid]
     while stack:
@@ -49,14 +49,14 @@ def _tree_rss_kb(pid: int) -> int:
 
 
 def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[float, int, subprocess.CompletedProcess]:
-    """Run ``cmd``, sampling the peak memory (summed PSS) of its process tree. Output goes to temporary files, not pipes:
-    a child that logs more than a pipe holds (Spark's plan dumps) would block on a pipe nobody reads."""
+    """Run ``cmd``, sampling the peak memory (summed PSS) of its process tree. Output goes to temporary
+    files, not pipes: a child that logs more than a pipe holds (Spark's plan dumps) would block on a pipe nobody reads."""
     t0 = time.time()
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, text=True)
         peak = 0
         while proc.poll() is None:
-            peak = max(peak, _tree_rss_kb(proc.pid))
+            peak = max(peak, _tree_memory_kb(proc.pid))
             time.sleep(0.2)
         out.seek(0)
         err.seek(0)
@@ -105,7 +105,7 @@ def main(sizes: list[int]) -> None:
         "Demo pipeline",
         [
             "Whole `converge_all` job through Dagster in a fresh process (JVM start included), demo data of N people;",
-            "peak memory = resident set of the process tree (Python driver + Spark JVM), sampled every 0.2 s.",
+            "peak memory = summed PSS of the process tree (Python driver + Spark JVM), sampled every 0.2 s.",
             "",
             "| people | bronze events | profiles | generate (s) | pipeline wall (s) | peak memory, PSS (GiB) | precision | recall |",
             "|---:|---:|---:|---:|---:|---:|---:|---:|",
