@@ -16,6 +16,8 @@ import pandas as pd
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from pipelines.plans import broadcast_if_small
+
 CUT_EDGE_COLUMNS = ["src", "dst", "rule", "source_table", "source_record", "first_seen", "reason"]
 CUT_EDGE_SCHEMA = (
     "src string, dst string, rule string, source_table string, source_record string, first_seen timestamp, "
@@ -96,11 +98,14 @@ def _solve(
     return pd.DataFrame(out, columns=[c.split()[0] for c in _OUT_SCHEMA.split(", ")])
 
 
-def cut_hubs(
-    vertices: DataFrame, edges: DataFrame, max_degree: dict[str, int]
-) -> tuple[DataFrame, DataFrame]:
-    """``(edges, cut_edges)``: every edge of an identifier linked to more distinct identifiers than its type's
-    ``max_degree`` is cut.
+def identifier_type(identifier: F.Column) -> F.Column:
+    """The type of a ``type:value`` identifier (types have no colon): no join with the vertices needed."""
+    return F.substring_index(identifier, ":", 1)
+
+
+def cut_hubs(edges: DataFrame, max_degree: dict[str, int]) -> tuple[DataFrame, DataFrame, DataFrame]:
+    """``(edges, cut_edges, hubs)``: every edge of an identifier linked to more distinct identifiers than its
+    type's ``max_degree`` is cut.
 
     Blocklists catch the junk values someone thought of; a value typed into hundreds of records (a store's
     phone number, a shared inbox) is found by its degree: a person's email or phone is linked to a handful
@@ -114,24 +119,29 @@ def cut_hubs(
             spark.createDataFrame([], CUT_EDGE_SCHEMA),
             spark.createDataFrame([], "id string, degree long, bound int"),
         )
-    ends = edges.select(F.col("src").alias("id"), F.col("dst").alias("other")).unionByName(
-        edges.select(F.col("dst").alias("id"), F.col("src").alias("other"))
-    )
     bound = F.element_at(
-        F.create_map(*[x for t, n in max_degree.items() for x in (F.lit(t), F.lit(n))]), F.col("id_type")
+        F.create_map(*[x for t, n in max_degree.items() for x in (F.lit(t), F.lit(n))]),
+        identifier_type(F.col("id")),
+    )
+    # only identifiers of a bounded type can be hubs: count their neighbours, nobody else's
+    ends = (
+        edges.select(F.col("src").alias("id"), F.col("dst").alias("other"))
+        .unionByName(edges.select(F.col("dst").alias("id"), F.col("src").alias("other")))
+        .filter(bound.isNotNull())
     )
     hubs = (
         ends.groupBy("id")
         .agg(F.countDistinct("other").alias("degree"))
-        .join(vertices.select("id", "id_type"), "id")
         .filter(F.col("degree") > bound)
         .select("id", "degree", bound.alias("bound"))
         .localCheckpoint()
     )
+    # hubs are a few junk values: every join with them below is a broadcast, not a shuffle of the edges
+    small = broadcast_if_small(hubs)
     # an edge is cut for its first hub end (src, else dst)
-    by_src = edges.join(hubs.withColumnRenamed("id", "src"), "src")
-    by_dst = edges.join(hubs.withColumnRenamed("id", "dst"), "dst").join(
-        by_src.select("src", "dst", "rule"), ["src", "dst", "rule"], "left_anti"
+    by_src = edges.join(small.withColumnRenamed("id", "src"), "src")
+    by_dst = edges.join(small.withColumnRenamed("id", "dst"), "dst").join(
+        small.select(F.col("id").alias("src")), "src", "left_anti"
     )
     reason = lambda hub: F.format_string(  # noqa: E731
         "degree: %s links %d identifiers (max_degree %d)", hub, F.col("degree"), F.col("bound")
@@ -139,24 +149,25 @@ def cut_hubs(
     cut = by_src.withColumn("reason", reason(F.col("src"))).unionByName(
         by_dst.withColumn("reason", reason(F.col("dst")))
     )
-    kept = edges.join(cut.select("src", "dst", "rule"), ["src", "dst", "rule"], "left_anti")
+    kept = edges.join(small.select(F.col("id").alias("src")), "src", "left_anti").join(
+        small.select(F.col("id").alias("dst")), "dst", "left_anti"
+    )
     return kept, cut.select(*CUT_EDGE_COLUMNS), hubs
 
 
 def enforce_limits(
     components: DataFrame,
-    vertices: DataFrame,
     edges: DataFrame,
     limits: dict[str, int],
     priorities: dict[str, int],
 ) -> tuple[DataFrame, DataFrame]:
     """``(components, cut_edges)``: components (id, component) with every per-type limit respected.
 
-    ``vertices`` has (id, id_type); ``edges`` the silver.identity_edges columns.
+    ``edges`` has the silver.identity_edges columns.
     """
     # Read three times below, and `violating` derives from it: materialise once (also avoids a self-join).
     components = components.localCheckpoint()
-    typed = components.join(vertices, "id")
+    typed = components.withColumn("id_type", identifier_type(F.col("id")))
     limit_of = F.coalesce(
         F.element_at(
             F.create_map(*[x for t, n in limits.items() for x in (F.lit(t), F.lit(n))]), F.col("id_type")
@@ -174,7 +185,7 @@ def enforce_limits(
     spark = components.sparkSession
     if violating.isEmpty():  # the common case for a micro-batch's subgraph: nothing to solve
         return components, spark.createDataFrame([], CUT_EDGE_SCHEMA)
-    bad_vertices = typed.join(violating, "component")
+    bad_vertices = typed.join(broadcast_if_small(violating), "component")
     # the edges side gets its own grouping column: both sides derive from `typed`, and a cogroup on the
     # same attribute of one lineage is ambiguous to the analyzer
     bad_edges = edges.join(

@@ -25,7 +25,7 @@ from pyspark.sql import functions as F
 
 from pipelines.config import IdentityConfig
 from pipelines.identity import IdentityResult, component_id, identity_graph
-from pipelines.identity_guards import cut_hubs
+from pipelines.identity_guards import cut_hubs, identifier_type
 from pipelines.plans import broadcast_if_small
 
 
@@ -85,26 +85,29 @@ def update_identity_graph(
     priorities: dict[str, int],
     max_degree: dict[str, int],
     built_at: str,
+    find_vanished: bool = True,
 ) -> IdentityResult:
     """The identity tables after new records, recomputing only what they touch.
 
     ``observations`` and ``edges`` are complete (old and new records); ``new_identifiers`` (identifier) are
     those of the new records; ``previous``, ``previous_cut``, ``previous_oversized`` and ``registry`` are
     gold.identity_graph, quarantine.identity_edges, quarantine.identity_components and gold.profile_ids as
-    the last build left them. Returns full tables, like ``identity_graph``.
+    the last build left them. Returns full tables, like ``identity_graph``. ``find_vanished`` False: the
+    caller's observations include every previous identifier, so none can have vanished (saves a join of
+    the whole graph with every identifier).
     """
-    vertices = observations.select(F.col("identifier").alias("id"), "id_type").dropDuplicates(["id"])
-    kept, hub_cuts, hubs = cut_hubs(vertices, edges, max_degree)
+    kept, hub_cuts, hubs = cut_hubs(edges, max_degree)
     kept = kept.localCheckpoint()
-    # identifiers of the last build that no longer exist (an alias's id re-typed once its other use
-    # arrived) are seeds too: their profiles must be recomputed without them
-    vanished = previous.select(F.col("identifier").alias("id")).join(vertices, "id", "left_anti")
-    seeds = (
-        new_identifiers.select(F.col("identifier").alias("id"))
-        .unionByName(vanished)
-        .join(hubs, "id", "left_anti")
-        .distinct()
-    )
+    hubs = broadcast_if_small(hubs)
+    seeds = new_identifiers.select(F.col("identifier").alias("id"))
+    if find_vanished:
+        # identifiers of the last build that no longer exist (an alias's id re-typed once its other use
+        # arrived) are seeds too: their profiles must be recomputed without them
+        vertices = observations.select(F.col("identifier").alias("id"))
+        seeds = seeds.unionByName(
+            previous.select(F.col("identifier").alias("id")).join(vertices, "id", "left_anti")
+        )
+    seeds = seeds.join(hubs, "id", "left_anti").distinct()
     touched = touched_identifiers(
         seeds, kept, previous.join(hubs.withColumnRenamed("id", "identifier"), "identifier", "left_anti")
     )
@@ -164,13 +167,13 @@ def incremental_identity(
     The vertices are every identifier the last graph published, the new ones, and those only edges name
     (hubs, oversized components), typed by their prefix.
     """
+    # not deduplicated: only the touched part is ever used, and identity_graph deduplicates that
     vertices = (
         previous.select("identifier")
         .unionByName(new_observations.select("identifier"))
         .unionByName(edges.select(F.col("src").alias("identifier")))
         .unionByName(edges.select(F.col("dst").alias("identifier")))
-        .distinct()
-        .withColumn("id_type", F.substring_index("identifier", ":", 1))
+        .withColumn("id_type", identifier_type(F.col("identifier")))
     )
     return update_identity_graph(
         vertices,
@@ -185,4 +188,5 @@ def incremental_identity(
         identity.priorities,
         identity.max_degree,
         built_at,
+        find_vanished=False,
     )

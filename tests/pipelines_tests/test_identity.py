@@ -40,7 +40,7 @@ def _union_find(nodes, edges):
 def solver(request, monkeypatch):
     """Run a test with small graphs solved on the driver (the default) and with Spark's distributed path."""
     if request.param == "distributed":
-        monkeypatch.setattr("pipelines.identity.LOCAL_MAX_EDGES", 0)
+        monkeypatch.setattr("pipelines.identity.LOCAL_COMPONENTS_MAX_EDGES", 0)
         monkeypatch.setattr("pipelines.identity_guards.LOCAL_MAX_EDGES", 0)
     return request.param
 
