@@ -10,7 +10,8 @@ For each size (people in the generator's hard set, about 5 identifiers each):
   5. reference: Splink on DuckDB over the same customer records (same comparisons, blocking and training),
      clustered at the same threshold; time and pairwise F1 over customer records, next to Converge's F1
      on the same records.
-Usage: python -m benchmarks.identity 100000 1000000   (results appended to docs/benchmarks.md)
+Usage: python -m benchmarks.identity 100000 1000000 [--reuse]   (results appended to docs/benchmarks.md;
+--reuse keeps the generated and prepared inputs of an earlier run of the same size)
 """
 
 from __future__ import annotations
@@ -207,13 +208,17 @@ def _child(people_run: Path, step: str, *args: str) -> tuple[float, int, dict]:
     return wall, peak_kb, json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def bench(people: int) -> dict:
+def bench(people: int, reuse: bool = False) -> dict:
     run = RUNS / f"identity_{people}"
-    shutil.rmtree(run, ignore_errors=True)
     t0 = time.time()
-    generate(people, 42, run / "landing", hard=True)
+    if reuse and (run / "truth.parquet").exists():
+        # the same seed gives the same data: keep the inputs an earlier run generated and prepared
+        shutil.rmtree(run / "lakehouse", ignore_errors=True)
+    else:
+        shutil.rmtree(run, ignore_errors=True)
+        generate(people, 42, run / "landing", hard=True)
+        _child(run, "prepare")
     gen_s = time.time() - t0
-    _child(run, "prepare")
     full_wall, full_peak, full_out = _child(run, "full", "events.parquet", "state_full")
     _child(run, "full", "events_old.parquet", "state_old")
     _, inc_peak, inc_out = _child(run, "incremental")
@@ -274,9 +279,10 @@ def main() -> None:
         else:
             fns[step](run)
         return
+    reuse = "--reuse" in sys.argv
     rows = []
-    for people in [int(a) for a in sys.argv[1:]]:
-        rows.append(bench(people))
+    for people in [int(a) for a in sys.argv[1:] if a != "--reuse"]:
+        rows.append(bench(people, reuse))
         print(json.dumps(rows[-1]), flush=True)
         # appended after each size: a later size that fails leaves the earlier ones
         with open(REPORT, "a") as fh:
