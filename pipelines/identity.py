@@ -23,7 +23,6 @@ from scipy.sparse.csgraph import connected_components as scipy_components
 from pipelines.config import IdentityConfig
 from pipelines.identity_guards import cut_hubs, enforce_limits, identifier_type
 from pipelines.normalize import E164_PATTERN, blank_to_null, blocked, normalize_email
-from pipelines.plans import broadcast_if_small
 from pipelines.profile_ids import assign_profile_ids
 from pipelines.profiles import customer_identifier
 
@@ -422,9 +421,7 @@ def identity_graph(
     with their most-connected identifiers, which are usually the junk value."""
     spark = observations.sparkSession
     edges, hub_cuts, hubs = cut_hubs(edges, max_degree or {})
-    vertices = observations.select(F.col("identifier").alias("id")).join(
-        broadcast_if_small(hubs), "id", "left_anti"
-    )
+    vertices = observations.select(F.col("identifier").alias("id")).join(hubs, "id", "left_anti")
     cc = connected_components(vertices, edges)
     cc, cut = enforce_limits(cc, edges, limits or {}, priorities or {})
     cut = hub_cuts.unionByName(cut)

@@ -110,7 +110,7 @@ def cut_hubs(edges: DataFrame, max_degree: dict[str, int]) -> tuple[DataFrame, D
     Blocklists catch the junk values someone thought of; a value typed into hundreds of records (a store's
     phone number, a shared inbox) is found by its degree: a person's email or phone is linked to a handful
     of records and devices, junk to a crowd. Cut edges are reported with the hub and its degree; ``hubs``
-    (id, degree, bound) are not published as profiles.
+    (id, degree, bound; materialised, with a broadcast hint when small) are not published as profiles.
     """
     spark = edges.sparkSession
     if not max_degree:
@@ -136,7 +136,8 @@ def cut_hubs(edges: DataFrame, max_degree: dict[str, int]) -> tuple[DataFrame, D
         .select("id", "degree", bound.alias("bound"))
         .localCheckpoint()
     )
-    # hubs are a few junk values: every join with them below is a broadcast, not a shuffle of the edges
+    # hubs are a few junk values: every join with them (here and in the callers) is a broadcast, not a
+    # shuffle of the edges
     small = broadcast_if_small(hubs)
     # an edge is cut for its first hub end (src, else dst)
     by_src = edges.join(small.withColumnRenamed("id", "src"), "src")
@@ -152,7 +153,7 @@ def cut_hubs(edges: DataFrame, max_degree: dict[str, int]) -> tuple[DataFrame, D
     kept = edges.join(small.select(F.col("id").alias("src")), "src", "left_anti").join(
         small.select(F.col("id").alias("dst")), "dst", "left_anti"
     )
-    return kept, cut.select(*CUT_EDGE_COLUMNS), hubs
+    return kept, cut.select(*CUT_EDGE_COLUMNS), small
 
 
 def enforce_limits(

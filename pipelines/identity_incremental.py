@@ -25,7 +25,7 @@ from pyspark.sql import functions as F
 
 from pipelines.config import IdentityConfig
 from pipelines.identity import IdentityResult, component_id, identity_graph
-from pipelines.identity_guards import cut_hubs, identifier_type
+from pipelines.identity_guards import cut_hubs
 from pipelines.plans import broadcast_if_small
 
 
@@ -98,7 +98,6 @@ def update_identity_graph(
     """
     kept, hub_cuts, hubs = cut_hubs(edges, max_degree)
     kept = kept.localCheckpoint()
-    hubs = broadcast_if_small(hubs)
     seeds = new_identifiers.select(F.col("identifier").alias("id"))
     if find_vanished:
         # identifiers of the last build that no longer exist (an alias's id re-typed once its other use
@@ -165,7 +164,7 @@ def incremental_identity(
     ``new_observations`` are the identifier observations of the new records (events of a micro-batch, a
     daily load); ``edges`` the complete edge table, the new records' edges merged in (``merge_edges``).
     The vertices are every identifier the last graph published, the new ones, and those only edges name
-    (hubs, oversized components), typed by their prefix.
+    (hubs, oversized components).
     """
     # not deduplicated: only the touched part is ever used, and identity_graph deduplicates that
     vertices = (
@@ -173,7 +172,6 @@ def incremental_identity(
         .unionByName(new_observations.select("identifier"))
         .unionByName(edges.select(F.col("src").alias("identifier")))
         .unionByName(edges.select(F.col("dst").alias("identifier")))
-        .withColumn("id_type", identifier_type(F.col("identifier")))
     )
     return update_identity_graph(
         vertices,
