@@ -80,8 +80,8 @@ def process_event_batch(
 
     A messageId silver already holds with other content is a conflict (quarantined), with the same
     content a duplicate. Returns the stats; with ``return_events`` also the batch's accepted events,
-    one per messageId, persisted (the caller unpersists them). ``to_bronze`` False: the lines come from
-    bronze (a replay) and are not appended again.
+    one per messageId, checkpointed (computed once, whatever is written afterwards). ``to_bronze``
+    False: the lines come from bronze (a replay) and are not appended again.
     """
     spark = batch.sparkSession
     raw = batch.persist()
@@ -99,23 +99,24 @@ def process_event_batch(
             if io.exists(spark, cfg, "silver.events")
             else None
         )
-        parsed = parse_configured(raw, cfg, known).persist()
+        # Checkpointed, not cached: the parse reads silver (``known``), and the MERGE below writes silver,
+        # after which Spark drops every cached plan over that table. A cached batch would be parsed again
+        # for the quarantine append and again for the caller (a second full parse of every line).
+        parsed = parse_configured(raw, cfg, known).localCheckpoint()
         stats = parsed.agg(
             F.count(F.lit(1)).alias("rows"),
             F.count(F.when(F.col("_reject_reason").isNull(), 1)).alias("accepted"),
         ).collect()[0]
         rows, accepted = int(stats["rows"]), int(stats["accepted"])
-        events, rejects = silver_events(parsed).persist(), quarantined_events(parsed)
+        events, rejects = silver_events(parsed).localCheckpoint(), quarantined_events(parsed)
         io.ensure(spark, cfg, "silver.events", events.schema)
         io.ensure(spark, cfg, "quarantine.events", rejects.schema)
         inserted = io.merge_insert_new(events, cfg, "silver.events", ["message_id"], app_id, batch_id)
         if rows > accepted:
             io.append(rejects, cfg, "quarantine.events", app_id, batch_id)
-        parsed.unpersist()
     finally:
         raw.unpersist()
     result = BatchStats(batch_id, rows, accepted, rows - accepted, inserted, accepted - inserted)
     if return_events:
         return result, events
-    events.unpersist()
     return result

@@ -348,11 +348,8 @@ def run_stream(
     def handle(batch: DataFrame, batch_id: int) -> None:
         with writes_lock(cfg):
             stats, events = process_event_batch(batch, batch_id, cfg, app_id, return_events=True)
-            try:
-                if update_identity and stats.accepted:
-                    identity[batch_id] = update_identity_for_batch(spark, cfg, events, app_id, batch_id)
-            finally:
-                events.unpersist()
+            if update_identity and stats.accepted:
+                identity[batch_id] = update_identity_for_batch(spark, cfg, events, app_id, batch_id)
         processed.append(stats)
 
     with file_lock(
