@@ -4,8 +4,10 @@ For each size (people in the generator's hard set, about 5 identifiers each):
   1. generate, then build silver-shaped customers and events as Parquet (not timed);
   2. full rebuild in a fresh process: observations, deterministic + Splink edges, guards, components, stable
      ids, written out (wall time and the peak memory of the whole process tree, Python + JVM, as summed PSS);
-  3. incremental update in a fresh process: the state of a build without the newest 10,000 events, then
-     those events arrive and only the components they touch are recomputed (timed: the update alone);
+  3. incremental update in a fresh process: the state of a build without the newest 10,000 events (its
+     edges as the Delta table silver.identity_edges, as a stream finds them), then those events arrive:
+     their edges are MERGEd into that table and only the components they touch are recomputed, the stream's
+     path (timed: the update alone);
   4. precision/recall of the full rebuild against the ground truth, over all identifiers;
   5. reference: Splink on DuckDB over the same customer records (same comparisons, blocking and training),
      clustered at the same threshold; time and pairwise F1 over customer records, next to Converge's F1
@@ -88,11 +90,21 @@ def full(run: Path, events_file: str, out: str) -> None:
 
 def incremental(run: Path) -> None:
     """The update after NEW_EVENTS events, on the state of the build without them (timed: the update)."""
-    from pipelines.identity import build_edges, identifier_observations, merge_edges
+    from pipelines import io
+    from pipelines.identity import (
+        EDGE_KEYS,
+        EDGE_UPSERT_SET,
+        build_edges,
+        identifier_observations,
+        merge_edges,
+    )
     from pipelines.identity_incremental import incremental_identity
 
     spark, cfg = _session(run)
     state = run / "state_old"
+    # what a stream finds in the lakehouse (not timed): the earlier build's edges, Splink's included, as
+    # the Delta table silver.identity_edges
+    io.overwrite(spark.read.parquet(str(state / "edges")), cfg, "silver.identity_edges")
     customers = spark.read.parquet(str(run / "customers.parquet"))
     new_events = spark.read.parquet(str(run / "events_new.parquet"))
     t0 = time.time()
@@ -100,10 +112,10 @@ def incremental(run: Path) -> None:
     new_obs = identifier_observations(
         customers.limit(0), new_events, cfg.identity.blocklist, cfg.identity.normalizers, known_events=known
     ).localCheckpoint()
-    # the stored edges of the earlier build (Splink's included) plus the new events' edges
-    edges = merge_edges(
-        spark.read.parquet(str(state / "edges")).unionByName(build_edges(new_obs, cfg.identity.priorities))
-    )
+    # the new events' edges MERGEd into the table, as a stream batch does (update_identity_for_batch)
+    new_edges = merge_edges(build_edges(new_obs, cfg.identity.priorities))
+    io.merge_upsert(new_edges, cfg, "silver.identity_edges", EDGE_KEYS, EDGE_UPSERT_SET)
+    edges = io.read(spark, cfg, "silver.identity_edges")
     result = incremental_identity(
         new_obs,
         edges,
