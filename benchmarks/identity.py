@@ -91,14 +91,9 @@ def full(run: Path, events_file: str, out: str) -> None:
 def incremental(run: Path) -> None:
     """The update after NEW_EVENTS events, on the state of the build without them (timed: the update)."""
     from pipelines import io
-    from pipelines.identity import (
-        EDGE_KEYS,
-        EDGE_UPSERT_SET,
-        build_edges,
-        identifier_observations,
-        merge_edges,
-    )
+    from pipelines.identity import identifier_observations
     from pipelines.identity_incremental import incremental_identity
+    from pipelines.stream import add_edges
 
     spark, cfg = _session(run)
     state = run / "state_old"
@@ -112,9 +107,8 @@ def incremental(run: Path) -> None:
     new_obs = identifier_observations(
         customers.limit(0), new_events, cfg.identity.blocklist, cfg.identity.normalizers, known_events=known
     ).localCheckpoint()
-    # the new events' edges MERGEd into the table, as a stream batch does (update_identity_for_batch)
-    new_edges = merge_edges(build_edges(new_obs, cfg.identity.priorities))
-    io.merge_upsert(new_edges, cfg, "silver.identity_edges", EDGE_KEYS, EDGE_UPSERT_SET)
+    # the new events' edges MERGEd into the table, as a stream batch does
+    add_edges(spark, cfg, new_obs)
     edges = io.read(spark, cfg, "silver.identity_edges")
     result = incremental_identity(
         new_obs,

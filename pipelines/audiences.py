@@ -71,14 +71,7 @@ def update_membership(
     profiles change (a profile that is gone is evaluated with qualifies = false by the caller).
     """
     spark = evaluated.sparkSession
-    if not io.exists(spark, cfg, "gold.audience_membership"):
-        io.ensure(
-            spark,
-            cfg,
-            "gold.audience_membership",
-            spark.createDataFrame([], MEMBERSHIP_SCHEMA).schema,
-            {"delta.enableDeletionVectors": "true"},
-        )
+    io.ensure(spark, cfg, "gold.audience_membership", spark.createDataFrame([], MEMBERSHIP_SCHEMA).schema)
     at = F.lit(as_of).cast("timestamp")
     src = evaluated.withColumn("_at", at)
 

@@ -40,7 +40,6 @@ from pipelines.traits import compute_traits
 
 SOURCE_TABLES = ["silver.events", "silver.orders", "silver.customers", "gold.identity_graph"]
 STATE_KEY = "converge_traits"
-DV = {"delta.enableDeletionVectors": "true"}
 
 
 @dataclass
@@ -175,9 +174,6 @@ def refresh_traits_and_audiences(
         evaluated = evaluate(live, traits, cfg.audiences, as_of)
         stats.membership_changes = update_membership(evaluated, cfg, as_of, True, txn_app_id, txn_version)
         with io.user_metadata(spark, new_state):
-            if not io.exists(spark, cfg, "gold.profile_traits"):
-                # deletion vectors: an incremental MERGE marks the replaced rows instead of rewriting files
-                io.ensure(spark, cfg, "gold.profile_traits", traits.select(*columns).schema, DV)
             io.overwrite(traits.select(*columns), cfg, "gold.profile_traits", txn_app_id, txn_version)
         stats.profiles = traits.count()
     else:

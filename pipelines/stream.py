@@ -44,6 +44,7 @@ from pipelines.identity import EDGE_KEYS, EDGE_UPSERT_SET, build_edges, identifi
 from pipelines.identity_guards import CUT_EDGE_SCHEMA
 from pipelines.identity_incremental import incremental_identity
 from pipelines.ingest import BatchStats, process_event_batch
+from pipelines.plans import broadcast_if_small
 from pipelines.profile_ids import MERGES_SCHEMA, REGISTRY_SCHEMA
 from pipelines.profiles import build_profiles
 from pipelines.refresh import refresh_traits_and_audiences, silver_or_empty
@@ -236,6 +237,29 @@ def _staging_is_current(spark: SparkSession, cfg: Config, stage: Path, app_id: s
     return True
 
 
+def add_edges(
+    spark: SparkSession,
+    cfg: Config,
+    observations: DataFrame,
+    txn_app_id: str | None = None,
+    txn_version: int | None = None,
+) -> None:
+    """MERGE the edges of new records' identifier ``observations`` into silver.identity_edges (the table a
+    rebuild would have: ``merge_edges``' rules for an edge seen again). A batch's edges are few: they are
+    counted and broadcast, so the MERGE scans the table once instead of shuffling all of it."""
+    edges = merge_edges(build_edges(observations, cfg.identity.priorities)).localCheckpoint()
+    io.ensure(spark, cfg, "silver.identity_edges", edges.schema)
+    io.merge_upsert(
+        broadcast_if_small(edges),
+        cfg,
+        "silver.identity_edges",
+        EDGE_KEYS,
+        EDGE_UPSERT_SET,
+        txn_app_id,
+        txn_version,
+    )
+
+
 def update_identity_for_batch(
     spark: SparkSession, cfg: Config, batch_events: DataFrame, app_id: str, batch_id: int
 ) -> IdentityStats:
@@ -255,9 +279,7 @@ def update_identity_for_batch(
                 None, new_events, cfg.identity.blocklist, cfg.identity.normalizers, known_events=silver
             ).localCheckpoint()
         with stats.phase("edges"):
-            edges = merge_edges(build_edges(obs, cfg.identity.priorities))
-            io.ensure(spark, cfg, "silver.identity_edges", edges.schema)
-            io.merge_upsert(edges, cfg, "silver.identity_edges", EDGE_KEYS, EDGE_UPSERT_SET, app_id, batch_id)
+            add_edges(spark, cfg, obs, app_id, batch_id)
         stats.replayed_staging = (stage / "_COMPLETE").exists() and _staging_is_current(
             spark, cfg, stage, app_id, batch_id
         )
