@@ -93,7 +93,18 @@ def path_of(cfg: Config, name: str) -> str:
 
 
 def exists(spark: SparkSession, cfg: Config, name: str) -> bool:
-    return DeltaTable.isDeltaTable(spark, path_of(cfg, name))
+    path = path_of(cfg, name)
+    if DeltaTable.isDeltaTable(spark, path):
+        return True
+    # isDeltaTable answers from the session's cached view of the log, and never refreshes it: a session
+    # that looked while another process was creating the table (log folder there, no commit yet) kept
+    # answering False after the commit landed (a test polling for a stream's first profile timed out on
+    # it). With a commit on disk, reading the table refreshes that view.
+    log = Path(path) / "_delta_log"
+    if log.is_dir() and any(re.fullmatch(r"\d{20}\.json", f.name) for f in log.iterdir()):
+        spark.read.format("delta").load(path).schema  # the read refreshes the cached snapshot
+        return DeltaTable.isDeltaTable(spark, path)
+    return False
 
 
 def read(spark: SparkSession, cfg: Config, name: str) -> DataFrame:

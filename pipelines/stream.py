@@ -394,24 +394,30 @@ def run_stream(
         status.write(status_path)
         deadline = None if timeout_s is None else time.time() + timeout_s
         seen: set[int] = set()
+
+        def progress_rows() -> list[dict]:
+            by_id = {s.batch_id: s for s in processed}
+            return [
+                _progress_row(p, by_id.get(p.get("batchId")), identity.get(p.get("batchId")))
+                for p in query.recentProgress
+            ][-keep_batches:]
+
         try:
             while query.isActive:
                 wait = 1.0 if deadline is None else max(0.1, min(1.0, deadline - time.time()))
                 query.awaitTermination(wait)
-                rows = []
-                for p in query.recentProgress:
-                    bid = p.get("batchId")
-                    by_id = {s.batch_id: s for s in processed}
-                    rows.append(_progress_row(p, by_id.get(bid), identity.get(bid)))
-                if rows and {r["batch_id"] for r in rows} - seen:
+                rows = progress_rows()
+                if {r["batch_id"] for r in rows} - seen:
                     seen |= {r["batch_id"] for r in rows}
-                    status.batches = rows[-keep_batches:]
+                    status.batches = rows
                     status.write(status_path)
                 if deadline is not None and time.time() >= deadline:
                     query.stop()
         finally:
             if query.isActive:
                 query.stop()
+            # the last batches may have finished after the loop's last look (a short availableNow run)
+            status.batches = progress_rows() or status.batches
             exc = query.exception()
             status.state = "failed" if exc else "stopped"
             status.error = str(exc) if exc else None

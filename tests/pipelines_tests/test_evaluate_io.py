@@ -83,3 +83,23 @@ def test_a_table_creation_killed_before_its_first_commit_is_created_again(spark,
     assert io.read(spark, cfg, "gold.profile_merges").count() == 0
     io.append(spark.createDataFrame([("a",)], "value string"), cfg, "bronze.events", "app", 0)
     assert io.read(spark, cfg, "bronze.events").count() == 1
+
+
+def test_a_table_another_process_creates_is_seen_once_its_first_commit_lands(spark, cfg, tmp_path):
+    """A session that looked while the table was being created elsewhere (log folder, no commit yet) must
+    see the table once the commit is on disk: Delta's isDeltaTable alone keeps answering from its cache."""
+    import shutil
+
+    name = "gold.identity_graph"
+    log = Path(io.path_of(cfg, name)) / "_delta_log"
+    log.mkdir(parents=True)
+    assert not io.exists(spark, cfg, name)  # this session has now looked at the empty log
+    # "another process" writes the table: files copied in, so this session's Delta cache is not told
+    elsewhere = tmp_path / "elsewhere"
+    spark.createDataFrame(
+        [("email:a@example.com", "p1")], "identifier string, profile_id string"
+    ).write.format("delta").save(str(elsewhere))
+    shutil.rmtree(log)
+    shutil.copytree(elsewhere, io.path_of(cfg, name), dirs_exist_ok=True)
+    assert io.exists(spark, cfg, name)
+    assert io.read(spark, cfg, name).count() == 1
