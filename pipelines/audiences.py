@@ -16,6 +16,7 @@ from pyspark.sql.utils import AnalysisException
 
 from pipelines import io
 from pipelines.config import AudiencesConfig, Config
+from pipelines.plans import broadcast_if_small
 from pipelines.traits import with_as_of
 
 MEMBERSHIP_SCHEMA = (
@@ -72,6 +73,14 @@ def update_membership(
     """
     spark = evaluated.sparkSession
     io.ensure(spark, cfg, "gold.audience_membership", spark.createDataFrame([], MEMBERSHIP_SCHEMA).schema)
+    if not complete:
+        # Only the rows that change go into the MERGE, and no MERGE at all (no commit) when none does: a
+        # stream batch re-evaluates a few thousand people, most of whom stay where they are, and a MERGE
+        # into the whole membership table costs seconds however small its source. The MERGE keeps its
+        # conditions, so a membership another writer changed in between is still handled right.
+        evaluated = _changed_memberships(evaluated, io.read(spark, cfg, "gold.audience_membership"))
+        if evaluated.count() == 0:
+            return 0
     at = F.lit(as_of).cast("timestamp")
     src = evaluated.withColumn("_at", at)
 
@@ -107,6 +116,21 @@ def update_membership(
 
     return io.merge_with(
         src, cfg, "gold.audience_membership", ["audience", "profile_id"], clauses, txn_app_id, txn_version
+    )
+
+
+def _changed_memberships(evaluated: DataFrame, membership: DataFrame) -> DataFrame:
+    """The rows of ``evaluated`` (audience, profile_id, qualifies) whose ``qualifies`` differs from the
+    current membership (no row = not a member), materialised. The evaluated people's membership rows are
+    found with one scan of the table, their profile ids broadcast (a refresh of the touched people only)."""
+    evaluated = evaluated.localCheckpoint()
+    people = broadcast_if_small(evaluated.select("profile_id").distinct().localCheckpoint())
+    current = membership.join(people, "profile_id", "left_semi").select("audience", "profile_id", "is_member")
+    return (
+        evaluated.join(current, ["audience", "profile_id"], "left")
+        .filter(F.col("qualifies") != F.coalesce(F.col("is_member"), F.lit(False)))
+        .select("audience", "profile_id", "qualifies")
+        .localCheckpoint()
     )
 
 

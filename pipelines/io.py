@@ -92,6 +92,15 @@ def path_of(cfg: Config, name: str) -> str:
     return cfg.table_path(layer, table)
 
 
+def _has_commit_on_disk(path: str) -> bool:
+    """Whether the table at ``path`` has a committed version in its ``_delta_log`` (a commit file or a
+    checkpoint), read from the folder rather than from a session's cached snapshot."""
+    log = Path(path) / "_delta_log"
+    return log.is_dir() and any(
+        re.fullmatch(r"\d{20}\.(json|checkpoint.*\.parquet)", f.name) for f in log.iterdir()
+    )
+
+
 def exists(spark: SparkSession, cfg: Config, name: str) -> bool:
     path = path_of(cfg, name)
     if DeltaTable.isDeltaTable(spark, path):
@@ -100,8 +109,7 @@ def exists(spark: SparkSession, cfg: Config, name: str) -> bool:
     # that looked while another process was creating the table (log folder there, no commit yet) kept
     # answering False after the commit landed (a test polling for a stream's first profile timed out on
     # it). With a commit on disk, reading the table refreshes that view.
-    log = Path(path) / "_delta_log"
-    if log.is_dir() and any(re.fullmatch(r"\d{20}\.json", f.name) for f in log.iterdir()):
+    if _has_commit_on_disk(path):
         spark.read.format("delta").load(path).schema  # the read refreshes the cached snapshot
         return DeltaTable.isDeltaTable(spark, path)
     return False
@@ -173,11 +181,9 @@ def _clear_uncommitted_creation(cfg: Config, name: str) -> None:
     """Remove the ``_delta_log`` of a table whose creation never committed (the writer was killed before
     version 0 landed: only temporary files). Delta would take the folder for a table and fail every later
     create or write with DELTA_TABLE_NOT_FOUND; with no commit there is no table to lose."""
-    log = Path(path_of(cfg, name)) / "_delta_log"
-    if log.is_dir() and not any(
-        re.fullmatch(r"\d{20}\.(json|checkpoint.*\.parquet)", f.name) for f in log.iterdir()
-    ):
-        shutil.rmtree(log, ignore_errors=True)
+    path = path_of(cfg, name)
+    if not _has_commit_on_disk(path):
+        shutil.rmtree(Path(path) / "_delta_log", ignore_errors=True)
 
 
 def ensure(

@@ -250,6 +250,21 @@ def test_audiences_enter_and_exit_on_events_and_on_passing_time(spark, cfg, repo
     start = io.version(spark, cfg, "gold.audience_membership")
     assert ("cart_abandoners_24h", "p1") in _members(spark, cfg)
 
+    # a new event that moves Ann in no audience: her traits are recomputed, the membership table is not
+    # written at all (no commit, so the change data feed activation reads has nothing to skip over)
+    io.append(
+        spark.createDataFrame(
+            [_event("e7b", "page", T + timedelta(minutes=1), "u1", "a1", props={"path": "/products"})],
+            EVENT_SCHEMA,
+        ),
+        cfg,
+        "silver.events",
+    )
+    quiet = refresh_traits_and_audiences(spark, cfg, as_of=T + timedelta(minutes=2))
+    assert (quiet.mode, quiet.profiles, quiet.membership_changes) == ("incremental", 1, 0)
+    assert io.version(spark, cfg, "gold.audience_membership") == start
+    assert _traits(spark, cfg)["p1"]["last_seen"] == T + timedelta(minutes=1)
+
     # a new event: Ann completes her order 5 minutes later -> she leaves the cart abandoners
     io.append(
         spark.createDataFrame(
