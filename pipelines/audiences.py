@@ -153,7 +153,8 @@ def audience_sizes(spark, cfg: Config) -> dict[str, int]:
 
 def size_changes(spark, cfg: Config) -> dict[str, tuple[int, int]]:
     """``audience -> (members before, members now)`` across the last write of gold.audience_membership
-    (one refresh = one MERGE), from Delta time travel."""
+    (a full refresh is one MERGE; an incremental one writes only when a membership changes), from Delta time
+    travel."""
     now = io.version(spark, cfg, "gold.audience_membership")
 
     def sizes(version: int) -> dict[str, int]:

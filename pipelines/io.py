@@ -110,7 +110,7 @@ def exists(spark: SparkSession, cfg: Config, name: str) -> bool:
     # answering False after the commit landed (a test polling for a stream's first profile timed out on
     # it). With a commit on disk, reading the table refreshes that view.
     if _has_commit_on_disk(path):
-        spark.read.format("delta").load(path).schema  # the read refreshes the cached snapshot
+        _ = spark.read.format("delta").load(path).schema  # the read refreshes the cached snapshot
         return DeltaTable.isDeltaTable(spark, path)
     return False
 
