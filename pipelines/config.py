@@ -40,6 +40,17 @@ class LakehouseConfig(_Strict):
     root: Path
     landing: Path
     checkpoints: Path
+    deletion_vectors: list[str] = []  # tables created with deletion vectors (conf/base.yaml says when to)
+
+    @field_validator("deletion_vectors")
+    @classmethod
+    def _known_tables(cls, names: list[str]) -> list[str]:
+        from pipelines.io import TABLES  # io imports this module: a late import, not a cycle at load time
+
+        unknown = sorted(set(names) - set(TABLES))
+        if unknown:
+            raise ValueError(f"unknown tables {unknown}; known tables: {', '.join(TABLES)}")
+        return names
 
 
 class SparkConfig(_Strict):
@@ -552,8 +563,12 @@ def load_config(
         problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
         raise ConfigError(f"{' + '.join(str(f) for f, _ in files)}: {problems}") from exc
     lh = cfg.lakehouse
-    cfg.lakehouse = LakehouseConfig(
-        root=_absolute(lh.root), landing=_absolute(lh.landing), checkpoints=_absolute(lh.checkpoints)
+    cfg.lakehouse = lh.model_copy(
+        update={
+            "root": _absolute(lh.root),
+            "landing": _absolute(lh.landing),
+            "checkpoints": _absolute(lh.checkpoints),
+        }
     )
     cfg.spark.ivy_dir = _absolute(cfg.spark.ivy_dir)
     cfg.spark.maven_poms = [_absolute(p) for p in cfg.spark.maven_poms]

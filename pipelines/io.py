@@ -58,20 +58,6 @@ TABLES: dict[str, str] = {
 }
 LAYERS = sorted({name.split(".")[0] for name in TABLES})
 
-# Tables a stream micro-batch MERGEs a few rows into. Deletion vectors let a MERGE mark the rows it
-# replaces instead of rewriting every file that holds one: without them, a batch updating 1,518 of the
-# 5.5 M identity edges of the 1M-people benchmark copied the other 5,472,511 rows into new files (and a
-# stream doing that every few seconds leaves a table's worth of garbage per batch until VACUUM). Set when
-# a table is created: enabling the feature upgrades the table's protocol, so existing tables are left alone.
-DELETION_VECTOR_TABLES = frozenset(
-    {
-        "silver.identity_edges",
-        "gold.identity_graph",
-        "gold.profiles",
-        "gold.profile_traits",
-        "gold.audience_membership",
-    }
-)
 DELETION_VECTORS = {"delta.enableDeletionVectors": "true"}
 
 _CONFLICTS = (
@@ -191,13 +177,14 @@ def ensure(
 ) -> None:
     """Create the table empty with ``schema`` if it does not exist (a MERGE needs a target). Every table
     is created here, with per-file statistics only on columns conf/policies.yaml calls non-personal, and
-    deletion vectors on the ``DELETION_VECTOR_TABLES``."""
+    deletion vectors on the tables ``lakehouse.deletion_vectors`` lists (a table's protocol is set when it
+    is created: existing tables are left as they are)."""
     if exists(spark, cfg, name):
         _register(spark, cfg, name)
         return
     _clear_uncommitted_creation(cfg, name)
     builder = DeltaTable.createIfNotExists(spark).location(path_of(cfg, name)).addColumns(schema)
-    dv = DELETION_VECTORS if name in DELETION_VECTOR_TABLES else {}
+    dv = DELETION_VECTORS if name in cfg.lakehouse.deletion_vectors else {}
     for key, value in (stats_properties(schema, cfg.policies) | dv | (properties or {})).items():
         builder = builder.property(key, value)
     retry_on_conflict(builder.execute)

@@ -59,6 +59,16 @@ def test_source_system_must_map_source_id(tmp_path, monkeypatch):
         load_config("broken")
 
 
+def test_deletion_vector_tables_must_be_known_tables(tmp_path, monkeypatch):
+    monkeypatch.setattr(
+        config_module,
+        "CONF_DIR",
+        _conf_dir(tmp_path, "lakehouse:\n  deletion_vectors: [gold.profiles, gold.profile]\n"),
+    )
+    with pytest.raises(ConfigError, match=r"lakehouse.deletion_vectors.*unknown tables \['gold.profile'\]"):
+        load_config("broken")
+
+
 def test_unknown_environment_is_an_error():
     with pytest.raises(ConfigError, match="no configuration for CONVERGE_ENV='nope'"):
         load_config("nope")

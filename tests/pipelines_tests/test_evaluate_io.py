@@ -103,3 +103,51 @@ def test_a_table_another_process_creates_is_seen_once_its_first_commit_lands(spa
     shutil.copytree(elsewhere, io.path_of(cfg, name), dirs_exist_ok=True)
     assert io.exists(spark, cfg, name)
     assert io.read(spark, cfg, name).count() == 1
+
+
+def test_tables_conf_lists_are_created_with_deletion_vectors_and_no_others(spark, cfg):
+    """``lakehouse.deletion_vectors`` decides which tables a MERGE marks rows in instead of rewriting files:
+    the default list, and a deployment that empties it gets plain tables."""
+    from delta.tables import DeltaTable
+
+    def dv(c, name):
+        io.ensure(spark, c, name, spark.createDataFrame([], "profile_id string, n long").schema)
+        props = DeltaTable.forPath(spark, io.path_of(c, name)).detail().first().properties
+        return props.get("delta.enableDeletionVectors")
+
+    assert "gold.profile_traits" in cfg.lakehouse.deletion_vectors
+    assert "gold.profile_merges" not in cfg.lakehouse.deletion_vectors
+    assert dv(cfg, "gold.profile_traits") == "true"
+    assert dv(cfg, "gold.profile_merges") is None
+    plain = cfg.model_copy(
+        update={
+            "lakehouse": cfg.lakehouse.model_copy(
+                update={"root": cfg.lakehouse.root.parent / "plain", "deletion_vectors": []}
+            )
+        }
+    )
+    assert dv(plain, "gold.profile_traits") is None
+    # MERGE into each: with deletion vectors the updated row is marked, not its file rewritten
+    rows = spark.createDataFrame([(f"p{i}", i) for i in range(50)], "profile_id string, n long")
+    for c in (cfg, plain):
+        io.merge_upsert(rows.coalesce(1), c, "gold.profile_traits", ["profile_id"])
+        io.merge_upsert(
+            spark.createDataFrame([("p7", 70)], "profile_id string, n long"),
+            c,
+            "gold.profile_traits",
+            ["profile_id"],
+        )
+    metrics = {
+        c.lakehouse.root.name: DeltaTable.forPath(spark, io.path_of(c, "gold.profile_traits"))
+        .history(1)
+        .first()
+        .operationMetrics
+        for c in (cfg, plain)
+    }
+    assert metrics["lakehouse"]["numTargetDeletionVectorsAdded"] == "1"
+    assert metrics["lakehouse"]["numTargetRowsCopied"] == "0"
+    assert metrics["plain"]["numTargetDeletionVectorsAdded"] == "0"
+    assert metrics["plain"]["numTargetRowsCopied"] == "49"
+    assert {
+        r.n for r in io.read(spark, plain, "gold.profile_traits").filter("profile_id = 'p7'").collect()
+    } == {70}
