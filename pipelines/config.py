@@ -171,6 +171,12 @@ class ComparisonConfig(_Strict):
         want = 2 if self.kind == "forename_surname" else 1
         if len(self.columns) != want:
             raise ValueError(f"{self.kind} compares {want} column(s), got {self.columns}")
+        if self.kind in ("levenshtein", "date_of_birth") and any(
+            t != int(t) or t < 1 for t in self.thresholds or []
+        ):
+            raise ValueError(
+                f"{self.kind} thresholds are whole numbers >= 1 (edits, months), got {self.thresholds}"
+            )
         return self
 
 

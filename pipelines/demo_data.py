@@ -314,7 +314,11 @@ def _person_events(rng: random.Random, pid: int, person: dict, end: datetime) ->
     household = person.get("household")
     for d in range(devices + (1 if household else 0)):
         shared = household is not None and d == devices  # the family tablet: both members log in on it
-        anon = household["tablet"] if shared else str(uuid.UUID(int=rng.getrandbits(128)))
+        anon = (
+            household["tablet"]
+            if household is not None and shared
+            else str(uuid.UUID(int=rng.getrandbits(128)))
+        )
         if not shared:
             person["anonymous_ids"].append(anon)
         skew = timedelta(seconds=rng.choice([0, 0, 0, rng.randint(-3600, 3600)]))  # wrong device clocks
@@ -332,7 +336,7 @@ def _person_events(rng: random.Random, pid: int, person: dict, end: datetime) ->
                 calls: list[tuple[str, dict]] = []
                 if s == identify_at and e == 0 and not identified:
                     traits = {
-                        "email": household["email"] if shared else person["email"],
+                        "email": household["email"] if household is not None and shared else person["email"],
                         "firstName": person["first"],
                         "lastName": person["last"],
                     }

@@ -12,6 +12,8 @@ components within limits, which are nearly all of them, never leave Spark.
 
 from __future__ import annotations
 
+from typing import cast
+
 import pandas as pd
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -195,7 +197,8 @@ def enforce_limits(
 
     if bad_edges.limit(LOCAL_MAX_EDGES + 1).count() <= LOCAL_MAX_EDGES:
         # few violating components: solve them on the driver, same _solve, without a Python worker pool
-        vs, es = bad_vertices.select("component", "id", "id_type").toPandas(), bad_edges.toPandas()
+        vs = cast(pd.DataFrame, bad_vertices.select("component", "id", "id_type").toPandas())
+        es = cast(pd.DataFrame, bad_edges.toPandas())
         edges_of = dict(tuple(es.groupby("edge_component")))
         parts = [
             _solve(v, edges_of.get(c, es.iloc[0:0]), limits, priorities) for c, v in vs.groupby("component")

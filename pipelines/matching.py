@@ -63,7 +63,7 @@ def _comparison(c: ComparisonConfig) -> Any:
     if c.kind == "date_of_birth":
         # exact, one typo, within `thresholds` months (default 1), else: no "within 1 or 10 years" levels,
         # which would let two members of a household (same surname and address, years apart) match.
-        months = [int(t) for t in (c.thresholds or [1])]
+        months: list[int | float] = [int(t) for t in (c.thresholds or [1])]
         return cl.DateOfBirthComparison(
             col, input_is_string=True, datetime_thresholds=months, datetime_metrics=["month"] * len(months)
         )
@@ -74,7 +74,7 @@ def _comparison(c: ComparisonConfig) -> Any:
     if c.kind == "postcode":
         return cl.PostcodeComparison(col)
     if c.kind == "levenshtein":
-        return cl.LevenshteinAtThresholds(col, c.thresholds or [1, 2])
+        return cl.LevenshteinAtThresholds(col, [int(t) for t in (c.thresholds or [1, 2])])
     if c.kind == "jaro_winkler":
         return cl.JaroWinklerAtThresholds(col, c.thresholds or [0.9, 0.7])
     return cl.ExactMatch(col)

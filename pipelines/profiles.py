@@ -10,6 +10,8 @@ value, source system, source record, updated_at and rule), like Segment's verbos
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
@@ -202,11 +204,11 @@ def build_profiles(
     orders: DataFrame,
     events: DataFrame,
     priority: list[str],
-    survivorship: dict[str, str] | None = None,
+    survivorship: Mapping[str, str] | None = None,
 ) -> DataFrame:
     """One golden profile per profile_id in ``graph``; ``survivorship`` maps attribute -> rule
     (conf ``profiles.survivorship``; default: source priority for every attribute)."""
-    rules = dict.fromkeys(PROFILE_ATTRIBUTES, "source_priority") | (survivorship or {})
+    rules = {**dict.fromkeys(PROFILE_ATTRIBUTES, "source_priority"), **(survivorship or {})}
     cands = attribute_candidates(graph, customers, events, priority)
     records = cands.groupBy("profile_id").agg(
         F.min("_created").alias("_first_record"),

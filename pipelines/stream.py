@@ -34,6 +34,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import cast
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -397,15 +398,17 @@ def run_stream(
 
         def progress_rows() -> list[dict]:
             by_id = {s.batch_id: s for s in processed}
-            return [
-                _progress_row(p, by_id.get(p.get("batchId")), identity.get(p.get("batchId")))
-                for p in query.recentProgress
-            ][-keep_batches:]
+            rows = []
+            for p in query.recentProgress:
+                batch_id = cast(int, p.get("batchId"))  # an int in every progress Spark reports
+                rows.append(_progress_row(p, by_id.get(batch_id), identity.get(batch_id)))
+            return rows[-keep_batches:]
 
         try:
             while query.isActive:
                 wait = 1.0 if deadline is None else max(0.1, min(1.0, deadline - time.time()))
-                query.awaitTermination(wait)
+                # seconds as a float: PySpark converts to milliseconds (its stub says int)
+                query.awaitTermination(wait)  # type: ignore[arg-type]
                 rows = progress_rows()
                 if {r["batch_id"] for r in rows} - seen:
                     seen |= {r["batch_id"] for r in rows}

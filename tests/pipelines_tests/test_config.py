@@ -69,6 +69,17 @@ def test_deletion_vector_tables_must_be_known_tables(tmp_path, monkeypatch):
         load_config("broken")
 
 
+def test_edit_distance_and_month_thresholds_must_be_whole(tmp_path, monkeypatch):
+    comparisons = "[{kind: levenshtein, columns: [street], thresholds: [1.5]}]"
+    monkeypatch.setattr(
+        config_module,
+        "CONF_DIR",
+        _conf_dir(tmp_path, f"identity:\n  probabilistic:\n    comparisons: {comparisons}\n"),
+    )
+    with pytest.raises(ConfigError, match=r"levenshtein thresholds are whole numbers >= 1"):
+        load_config("broken")
+
+
 def test_unknown_environment_is_an_error():
     with pytest.raises(ConfigError, match="no configuration for CONVERGE_ENV='nope'"):
         load_config("nope")
