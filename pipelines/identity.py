@@ -342,6 +342,27 @@ def connected_components(
     )
 
 
+def component_labels(src: pa.Array, dst: pa.Array, ascending: bool = False) -> tuple[pa.Array, np.ndarray]:
+    """``(ids, labels)``: the distinct identifiers of the edges ``src``-``dst`` and each one's connected
+    component label, by SciPy's compiled connected components on integer codes. One dictionary encoding
+    gives the codes (at 5.5 M edges about 2.5x faster than distinct values, a sort and two lookups);
+    ``ascending`` sorts ``ids`` (codes then follow identifier order)."""
+    encoded = pa.concat_arrays([src, dst]).dictionary_encode()
+    ids, codes = encoded.dictionary, encoded.indices.to_numpy()
+    n, m = len(ids), len(src)
+    if n == 0:
+        return ids, np.zeros(0, dtype=np.int32)
+    if ascending:
+        order = pc.sort_indices(ids).to_numpy()
+        ids = ids.take(pa.array(order))
+        rank = np.empty(n, dtype=np.int64)
+        rank[order] = np.arange(n)
+        codes = rank[codes]
+    graph = coo_matrix((np.ones(m, dtype=np.int8), (codes[:m], codes[m:])), shape=(n, n))
+    _, labels = scipy_components(graph, directed=False)
+    return ids, labels
+
+
 def _local_components(edges: DataFrame) -> DataFrame:
     """(src, dst): every vertex of ``edges`` (src, dst) pointing at its component's smallest id.
 
@@ -351,20 +372,12 @@ def _local_components(edges: DataFrame) -> DataFrame:
     take minutes and a union-find in Python about as long.
     """
     table = edges.toArrow()
-    src, dst = table.column("src").combine_chunks(), table.column("dst").combine_chunks()
-    ids = pc.unique(pa.concat_arrays([src, dst]))
-    ids = ids.take(pc.sort_indices(ids))
+    ids, labels = component_labels(
+        table.column("src").combine_chunks(), table.column("dst").combine_chunks(), ascending=True
+    )
     n = len(ids)
     if n == 0:
         return edges
-    graph = coo_matrix(
-        (
-            np.ones(len(src), dtype=np.int8),
-            (pc.index_in(src, value_set=ids).to_numpy(), pc.index_in(dst, value_set=ids).to_numpy()),
-        ),
-        shape=(n, n),
-    )
-    _, labels = scipy_components(graph, directed=False)
     # codes ascend, so the first code of each label is its component's smallest identifier
     _, first = np.unique(labels, return_index=True)
     root = first[labels]

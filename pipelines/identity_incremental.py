@@ -20,22 +20,32 @@ until the next full rebuild (the quarantine keeps a component's most-connected i
 
 from __future__ import annotations
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from pipelines import identity as identity_module
 from pipelines.config import IdentityConfig
-from pipelines.identity import IdentityResult, component_id, identity_graph
+from pipelines.identity import IdentityResult, component_id, component_labels, identity_graph
 from pipelines.identity_guards import cut_hubs
 from pipelines.plans import broadcast_if_small
 
 
 def touched_identifiers(
-    seeds: DataFrame, edges: DataFrame, previous: DataFrame, max_rounds: int = 100
+    seeds: DataFrame,
+    edges: DataFrame,
+    previous: DataFrame,
+    max_rounds: int = 100,
+    edge_rows: int | None = None,
 ) -> DataFrame:
     """``(id)``: the closure of ``seeds`` (id) over ``edges``, after adding the earlier profiles of the seeds.
 
-    Breadth-first: each round joins the frontier with the edges; rounds = the largest distance from a seed,
-    a handful for identity graphs.
+    The closure is every identifier in a connected component of ``edges`` that holds a start. Up to
+    ``identity.LOCAL_COMPONENTS_MAX_EDGES`` edges (``edge_rows``: their count, or an upper bound, if known)
+    it is found on the driver in one pass over the edges (``_closure_on_driver``); above that breadth-first
+    on Spark, each round a join of the frontier with the edges (rounds = the largest distance from a seed).
     """
     seed_profiles = previous.join(seeds.withColumnRenamed("id", "identifier"), "identifier").select(
         "profile_id"
@@ -48,6 +58,8 @@ def touched_identifiers(
         .distinct()
         .localCheckpoint()
     )
+    if _closure_on_driver_for(edge_rows if edge_rows is not None else edges.count()):
+        return _closure_on_driver(reached, edges)
     both = edges.select(F.col("src").alias("id"), F.col("dst").alias("next")).unionByName(
         edges.select(F.col("dst").alias("id"), F.col("src").alias("next"))
     )
@@ -70,6 +82,28 @@ def touched_identifiers(
         reached_rows += frontier_rows
         frontier = step
     raise RuntimeError(f"touched set did not close in {max_rounds} rounds")
+
+
+def _closure_on_driver_for(edge_rows: int) -> bool:
+    local_max = identity_module.LOCAL_COMPONENTS_MAX_EDGES
+    return bool(local_max) and edge_rows <= local_max
+
+
+def _closure_on_driver(starts: DataFrame, edges: DataFrame) -> DataFrame:
+    """``(id)``: ``starts`` (id, distinct) and every identifier in a component of ``edges`` that holds one.
+
+    One pass: the edges' two columns travel to the driver as Arrow and SciPy labels the components
+    (``component_labels``, what a full rebuild's components use), instead of a scan of every edge per
+    breadth-first round. At 1,000,000 people (5.5 M edges) the identity benchmark's incremental step went
+    from 67.7 / 68.6 s to 65.1 / 65.7 s; on a micro-batch's small graph no difference was measurable.
+    """
+    table = edges.select("src", "dst").toArrow()
+    ids, labels = component_labels(table.column("src").combine_chunks(), table.column("dst").combine_chunks())
+    start = starts.select(F.col("id").cast("string")).toArrow().column("id").combine_chunks().cast(ids.type)
+    codes = pc.index_in(start, value_set=ids).drop_null().to_numpy()
+    connected = ids.filter(pa.array(np.isin(labels, labels[codes])))
+    reached = pc.unique(pa.concat_arrays([connected, start]))
+    return starts.sparkSession.createDataFrame(pa.table({"id": reached}), "id string").localCheckpoint()
 
 
 def update_identity_graph(
@@ -97,7 +131,9 @@ def update_identity_graph(
     the whole graph with every identifier).
     """
     kept, hub_cuts, hubs = cut_hubs(edges, max_degree)
-    kept = kept.localCheckpoint()
+    edge_rows = edges.count()  # of a Delta table as read: from the log's statistics, no scan
+    if not _closure_on_driver_for(edge_rows):
+        kept = kept.localCheckpoint()  # the breadth-first rounds scan it once per round
     seeds = new_identifiers.select(F.col("identifier").alias("id"))
     if find_vanished:
         # identifiers of the last build that no longer exist (an alias's id re-typed once its other use
@@ -108,7 +144,10 @@ def update_identity_graph(
         )
     seeds = seeds.join(hubs, "id", "left_anti").distinct()
     touched = touched_identifiers(
-        seeds, kept, previous.join(hubs.withColumnRenamed("id", "identifier"), "identifier", "left_anti")
+        seeds,
+        kept,
+        previous.join(hubs.withColumnRenamed("id", "identifier"), "identifier", "left_anti"),
+        edge_rows=edge_rows,
     )
     # hubs are never published: a previous profile row of a new hub goes, like the touched ones
     leaving = touched.unionByName(hubs.select("id")).distinct().localCheckpoint()
@@ -116,7 +155,8 @@ def update_identity_graph(
     touched, leaving = broadcast_if_small(touched), broadcast_if_small(leaving)
 
     sub_obs = observations.join(touched.withColumnRenamed("id", "identifier"), "identifier", "left_semi")
-    sub_edges = kept.join(touched.withColumnRenamed("id", "src"), "src", "left_semi")
+    # the touched subgraph, used several times below: one scan of the edges
+    sub_edges = kept.join(touched.withColumnRenamed("id", "src"), "src", "left_semi").localCheckpoint()
     untouched = previous.join(leaving.withColumnRenamed("id", "identifier"), "identifier", "left_anti")
     sub = identity_graph(
         sub_obs,

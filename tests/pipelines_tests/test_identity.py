@@ -5,6 +5,7 @@ import pytest
 from chispa import assert_df_equality
 
 from pipelines.identity import build_edges, connected_components, identifier_observations, identity_graph
+from pipelines.identity_incremental import touched_identifiers
 
 CUSTOMER_SCHEMA = (
     "source_system string, source_id string, user_id string, email string, phone string, "
@@ -58,6 +59,29 @@ def test_connected_components_match_union_find_on_random_graphs(spark, solver):
     )
     expected = spark.createDataFrame(sorted(_union_find(nodes, edges).items()), "id string, component string")
     assert_df_equality(got, expected, ignore_row_order=True, ignore_nullable=True)
+
+
+def test_touched_identifiers_close_over_edges_and_earlier_profiles(spark, solver):
+    """The closure an incremental update recomputes: the seeds, every member of a seed's earlier profile,
+    and everything connected to those over the edges; the same on the driver and on Spark."""
+    rng = random.Random(11)
+    nodes = [f"n{i:04d}" for i in range(400)]
+    edges = [(rng.choice(nodes), rng.choice(nodes)) for _ in range(250)]
+    edges += [(nodes[i], nodes[i + 1]) for i in range(200, 260)]  # a long chain: many rounds on Spark
+    # earlier profiles: pairs of identifiers that no edge links any more (a split since the last build)
+    previous = [(nodes[i], f"p{i // 2}") for i in range(300, 340)]
+    seeds = [nodes[205], nodes[301], nodes[399], "n_new"]  # on the chain, in a profile, anywhere, unseen
+    component = _union_find(nodes + ["n_new"], edges)
+    starts = set(seeds) | {n for n, p in previous if p in {q for m, q in previous if m in seeds}}
+    expected = {n for n in component if component[n] in {component[s] for s in starts}}
+    got = touched_identifiers(
+        spark.createDataFrame([(s,) for s in seeds], "id string"),
+        spark.createDataFrame(edges, "src string, dst string"),
+        spark.createDataFrame(previous, "identifier string, profile_id string"),
+    )
+    ids = [r["id"] for r in got.collect()]
+    assert len(ids) == len(set(ids)) and set(ids) == expected
+    assert {nodes[200], nodes[260], nodes[300], "n_new"} <= expected and len(expected) < len(nodes)
 
 
 def _inputs(spark):
