@@ -131,7 +131,8 @@ def update_identity_graph(
     the whole graph with every identifier).
     """
     kept, hub_cuts, hubs = cut_hubs(edges, max_degree)
-    edge_rows = edges.count()  # of a Delta table as read: from the log's statistics, no scan
+    # counted from the Delta log's statistics when ``edges`` is the table as read (a stream batch): no scan
+    edge_rows = edges.count()
     if not _closure_on_driver_for(edge_rows):
         kept = kept.localCheckpoint()  # the breadth-first rounds scan it once per round
     seeds = new_identifiers.select(F.col("identifier").alias("id"))
