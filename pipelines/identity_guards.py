@@ -14,7 +14,10 @@ from __future__ import annotations
 
 from typing import cast
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
@@ -25,6 +28,7 @@ CUT_EDGE_SCHEMA = (
     "src string, dst string, rule string, source_table string, source_record string, first_seen timestamp, "
     "reason string"
 )
+HUB_SCHEMA = "id string, degree long, bound int"
 # Graphs (or violating parts of graphs) up to this many edges are solved on the driver: the same results,
 # and on 2 cores Spark's per-job overhead costs seconds where the driver needs milliseconds. Incremental
 # updates and micro-batches solve small touched subgraphs, so this is their common case.
@@ -105,9 +109,12 @@ def identifier_type(identifier: F.Column) -> F.Column:
     return F.substring_index(identifier, ":", 1)
 
 
-def cut_hubs(edges: DataFrame, max_degree: dict[str, int]) -> tuple[DataFrame, DataFrame, DataFrame]:
+def cut_hubs(
+    edges: DataFrame, max_degree: dict[str, int], hubs: DataFrame | None = None
+) -> tuple[DataFrame, DataFrame, DataFrame]:
     """``(edges, cut_edges, hubs)``: every edge of an identifier linked to more distinct identifiers than its
-    type's ``max_degree`` is cut.
+    type's ``max_degree`` is cut. ``hubs`` (id, degree, bound), when the caller found them already
+    (``hubs_on_driver``), saves the count of every identifier's neighbours.
 
     Blocklists catch the junk values someone thought of; a value typed into hundreds of records (a store's
     phone number, a shared inbox) is found by its degree: a person's email or phone is linked to a handful
@@ -119,25 +126,26 @@ def cut_hubs(edges: DataFrame, max_degree: dict[str, int]) -> tuple[DataFrame, D
         return (
             edges,
             spark.createDataFrame([], CUT_EDGE_SCHEMA),
-            spark.createDataFrame([], "id string, degree long, bound int"),
+            spark.createDataFrame([], HUB_SCHEMA),
         )
-    bound = F.element_at(
-        F.create_map(*[x for t, n in max_degree.items() for x in (F.lit(t), F.lit(n))]),
-        identifier_type(F.col("id")),
-    )
-    # only identifiers of a bounded type can be hubs: count their neighbours, nobody else's
-    ends = (
-        edges.select(F.col("src").alias("id"), F.col("dst").alias("other"))
-        .unionByName(edges.select(F.col("dst").alias("id"), F.col("src").alias("other")))
-        .filter(bound.isNotNull())
-    )
-    hubs = (
-        ends.groupBy("id")
-        .agg(F.countDistinct("other").alias("degree"))
-        .filter(F.col("degree") > bound)
-        .select("id", "degree", bound.alias("bound"))
-        .localCheckpoint()
-    )
+    if hubs is None:
+        bound = F.element_at(
+            F.create_map(*[x for t, n in max_degree.items() for x in (F.lit(t), F.lit(n))]),
+            identifier_type(F.col("id")),
+        )
+        # only identifiers of a bounded type can be hubs: count their neighbours, nobody else's
+        ends = (
+            edges.select(F.col("src").alias("id"), F.col("dst").alias("other"))
+            .unionByName(edges.select(F.col("dst").alias("id"), F.col("src").alias("other")))
+            .filter(bound.isNotNull())
+        )
+        hubs = (
+            ends.groupBy("id")
+            .agg(F.countDistinct("other").alias("degree"))
+            .filter(F.col("degree") > bound)
+            .select("id", "degree", bound.alias("bound"))
+            .localCheckpoint()
+        )
     # hubs are a few junk values: every join with them (here and in the callers) is a broadcast, not a
     # shuffle of the edges
     small = broadcast_if_small(hubs)
@@ -156,6 +164,31 @@ def cut_hubs(edges: DataFrame, max_degree: dict[str, int]) -> tuple[DataFrame, D
         small.select(F.col("id").alias("dst")), "dst", "left_anti"
     )
     return kept, cut.select(*CUT_EDGE_COLUMNS), small
+
+
+def hubs_on_driver(
+    ids: pa.Array, codes: np.ndarray, max_degree: dict[str, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(codes, degrees, bounds)`` of the hubs, what ``cut_hubs`` finds with Spark, from edges already on the
+    driver as integer codes (``identity.encode_edges``: ``codes[:m]`` sources, ``codes[m:]`` destinations).
+    A degree is the number of distinct other identifiers an identifier shares an edge with (a self-loop
+    counts once, an edge listed twice or both ways once). NumPy counts 5.5 M edges in about a second, where
+    Spark's count of every identifier's distinct neighbours took about 10 s on 2 cores."""
+    empty = np.zeros(0, dtype=np.int64)
+    n, m = len(ids), len(codes) // 2
+    if not max_degree or n == 0:
+        return empty, empty, empty
+    a, b = codes[:m].astype(np.int64), codes[m:].astype(np.int64)
+    pairs = np.sort(np.minimum(a, b) * n + np.maximum(a, b))  # np.unique took 3.6 s here, the sort 0.03 s
+    pairs = pairs[np.concatenate(([True], pairs[1:] != pairs[:-1]))]
+    lo, hi = pairs // n, pairs % n
+    degree = np.bincount(lo, minlength=n) + np.bincount(hi[hi != lo], minlength=n)
+    # only identifiers above the smallest bound can be hubs: their types are looked up, nobody else's
+    candidates = np.flatnonzero(degree > min(max_degree.values()))
+    kinds = pc.list_element(pc.split_pattern(ids.take(pa.array(candidates)), ":", max_splits=1), 0)
+    bound = np.array([max_degree.get(k, -1) for k in kinds.to_pylist()], dtype=np.int64)
+    over = (bound >= 0) & (degree[candidates] > bound)
+    return candidates[over], degree[candidates][over], bound[over]
 
 
 def enforce_limits(

@@ -28,8 +28,8 @@ from pyspark.sql import functions as F
 
 from pipelines import identity as identity_module
 from pipelines.config import IdentityConfig
-from pipelines.identity import IdentityResult, component_id, component_labels, identity_graph
-from pipelines.identity_guards import cut_hubs
+from pipelines.identity import IdentityResult, component_id, encode_edges, identity_graph, labels_of
+from pipelines.identity_guards import HUB_SCHEMA, cut_hubs, hubs_on_driver
 from pipelines.plans import broadcast_if_small
 
 
@@ -39,27 +39,38 @@ def touched_identifiers(
     previous: DataFrame,
     max_rounds: int = 100,
     edge_rows: int | None = None,
+    on_driver: EdgesOnDriver | None = None,
 ) -> DataFrame:
     """``(id)``: the closure of ``seeds`` (id) over ``edges``, after adding the earlier profiles of the seeds.
 
     The closure is every identifier in a connected component of ``edges`` that holds a start. Up to
     ``identity.LOCAL_COMPONENTS_MAX_EDGES`` edges (``edge_rows``: their count, or an upper bound, if known)
-    it is found on the driver in one pass over the edges (``_closure_on_driver``); above that breadth-first
-    on Spark, each round a join of the frontier with the edges (rounds = the largest distance from a seed).
+    it is found on the driver in one pass over the edges (``EdgesOnDriver.closure``; ``on_driver``: the
+    edges already there, hub edges left out); above that breadth-first on Spark, each round a join of the
+    frontier with the edges (rounds = the largest distance from a seed).
     """
-    seed_profiles = previous.join(seeds.withColumnRenamed("id", "identifier"), "identifier").select(
-        "profile_id"
+    # seeds and their earlier profiles are a few thousand for a micro-batch or a 10,000-event update: each
+    # is materialised and broadcast, so finding them is two scans of the earlier graph, not two shuffles
+    seeds = seeds.select("id").distinct().localCheckpoint()
+    seed_profiles = (
+        previous.join(broadcast_if_small(seeds).withColumnRenamed("id", "identifier"), "identifier")
+        .select("profile_id")
+        .distinct()
+        .localCheckpoint()
     )
     reached = (
-        seeds.select("id")
-        .unionByName(
-            previous.join(seed_profiles, "profile_id", "left_semi").select(F.col("identifier").alias("id"))
+        seeds.unionByName(
+            previous.join(broadcast_if_small(seed_profiles), "profile_id", "left_semi").select(
+                F.col("identifier").alias("id")
+            )
         )
         .distinct()
         .localCheckpoint()
     )
+    if on_driver is not None:
+        return on_driver.closure(reached)
     if _closure_on_driver_for(edge_rows if edge_rows is not None else edges.count()):
-        return _closure_on_driver(reached, edges)
+        return EdgesOnDriver(edges).closure(reached)
     both = edges.select(F.col("src").alias("id"), F.col("dst").alias("next")).unionByName(
         edges.select(F.col("dst").alias("id"), F.col("src").alias("next"))
     )
@@ -89,21 +100,51 @@ def _closure_on_driver_for(edge_rows: int) -> bool:
     return bool(local_max) and edge_rows <= local_max
 
 
-def _closure_on_driver(starts: DataFrame, edges: DataFrame) -> DataFrame:
-    """``(id)``: ``starts`` (id, distinct) and every identifier in a component of ``edges`` that holds one.
-
-    One pass: the edges' two columns travel to the driver as Arrow and SciPy labels the components
-    (``component_labels``, what a full rebuild's components use), instead of a scan of every edge per
-    breadth-first round. At 1,000,000 people (5.5 M edges) the identity benchmark's incremental step went
-    from 67.7 / 68.6 s to 65.1 / 65.7 s; on a micro-batch's small graph no difference was measurable.
+class EdgesOnDriver:
+    """The whole edge table's two columns on the driver as integer codes (one Arrow transfer, one dictionary
+    encoding: ``identity.encode_edges``), for the two things an incremental update needs of every edge: the
+    hubs (``hubs``, a degree is a global property) and the closure of the seeds (``closure``). At 1,000,000
+    people (5.5 M edges) Spark spent about 10 s counting every identifier's neighbours and 8 s on the closure
+    (its own transfer of the hub-free edges); here both come from one transfer.
     """
-    table = edges.select("src", "dst").toArrow()
-    ids, labels = component_labels(table.column("src").combine_chunks(), table.column("dst").combine_chunks())
-    start = starts.select(F.col("id").cast("string")).toArrow().column("id").combine_chunks().cast(ids.type)
-    codes = pc.index_in(start, value_set=ids).drop_null().to_numpy()
-    connected = ids.filter(pa.array(np.isin(labels, labels[codes])))
-    reached = pc.unique(pa.concat_arrays([connected, start]))
-    return starts.sparkSession.createDataFrame(pa.table({"id": reached}), "id string").localCheckpoint()
+
+    def __init__(self, edges: DataFrame) -> None:
+        self.spark = edges.sparkSession
+        table = edges.select("src", "dst").toArrow()
+        self.ids, self.codes = encode_edges(
+            table.column("src").combine_chunks(), table.column("dst").combine_chunks()
+        )
+        self.keep: np.ndarray | None = None  # edges without a hub end, once ``hubs`` found some
+
+    def hubs(self, max_degree: dict[str, int]) -> DataFrame:
+        """``(id, degree, bound)``: what ``cut_hubs`` finds on Spark (``hubs_on_driver``); their edges are left
+        out of ``closure`` from now on."""
+        codes, degrees, bounds = hubs_on_driver(self.ids, self.codes, max_degree)
+        if len(codes):
+            hub = np.zeros(len(self.ids), dtype=bool)
+            hub[codes] = True
+            m = len(self.codes) // 2
+            self.keep = ~(hub[self.codes[:m]] | hub[self.codes[m:]])
+        rows = pa.table(
+            {
+                "id": self.ids.take(pa.array(codes)).cast(pa.string()),
+                "degree": pa.array(degrees, pa.int64()),
+                "bound": pa.array(bounds, pa.int32()),
+            }
+        )
+        return self.spark.createDataFrame(rows, HUB_SCHEMA).localCheckpoint()
+
+    def closure(self, starts: DataFrame) -> DataFrame:
+        """``(id)``: ``starts`` (id, distinct) and every identifier in a component that holds one, by SciPy's
+        component labels (what a full rebuild's components use), in one pass instead of a scan of every
+        edge per breadth-first round."""
+        start = starts.select(F.col("id").cast("string")).toArrow().column("id").combine_chunks()
+        if len(self.ids):
+            labels = labels_of(self.codes, len(self.ids), self.keep)
+            codes = pc.index_in(start.cast(self.ids.type), value_set=self.ids).drop_null().to_numpy()
+            connected = self.ids.filter(pa.array(np.isin(labels, labels[codes])))
+            start = pc.unique(pa.concat_arrays([connected.cast(start.type), start]))
+        return self.spark.createDataFrame(pa.table({"id": start}), "id string").localCheckpoint()
 
 
 def update_identity_graph(
@@ -130,10 +171,11 @@ def update_identity_graph(
     caller's observations include every previous identifier, so none can have vanished (saves a join of
     the whole graph with every identifier).
     """
-    kept, hub_cuts, hubs = cut_hubs(edges, max_degree)
     # counted from the Delta log's statistics when ``edges`` is the table as read (a stream batch): no scan
     edge_rows = edges.count()
-    if not _closure_on_driver_for(edge_rows):
+    on_driver = EdgesOnDriver(edges) if _closure_on_driver_for(edge_rows) else None
+    kept, hub_cuts, hubs = cut_hubs(edges, max_degree, on_driver.hubs(max_degree) if on_driver else None)
+    if on_driver is None:
         kept = kept.localCheckpoint()  # the breadth-first rounds scan it once per round
     seeds = new_identifiers.select(F.col("identifier").alias("id"))
     if find_vanished:
@@ -149,6 +191,7 @@ def update_identity_graph(
         kept,
         previous.join(hubs.withColumnRenamed("id", "identifier"), "identifier", "left_anti"),
         edge_rows=edge_rows,
+        on_driver=on_driver,
     )
     # hubs are never published: a previous profile row of a new hub goes, like the touched ones
     leaving = touched.unionByName(hubs.select("id")).distinct().localCheckpoint()

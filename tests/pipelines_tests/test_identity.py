@@ -5,7 +5,8 @@ import pytest
 from chispa import assert_df_equality
 
 from pipelines.identity import build_edges, connected_components, identifier_observations, identity_graph
-from pipelines.identity_incremental import touched_identifiers
+from pipelines.identity_guards import cut_hubs
+from pipelines.identity_incremental import EdgesOnDriver, touched_identifiers
 
 CUSTOMER_SCHEMA = (
     "source_system string, source_id string, user_id string, email string, phone string, "
@@ -82,6 +83,34 @@ def test_touched_identifiers_close_over_edges_and_earlier_profiles(spark, solver
     ids = [r["id"] for r in got.collect()]
     assert len(ids) == len(set(ids)) and set(ids) == expected
     assert {nodes[200], nodes[260], nodes[300], "n_new"} <= expected and len(expected) < len(nodes)
+
+
+def test_hubs_on_the_driver_are_the_hubs_spark_finds(spark):
+    """An incremental update counts degrees on the driver; a full rebuild with Spark: the same hubs, degrees
+    and bounds, with edges listed twice, both ways and as self-loops, and types without a bound; the
+    driver's closure then leaves the hubs' edges out, as the closure over Spark's kept edges does."""
+    rng = random.Random(5)
+    nodes = [f"{t}:{i}" for t in ("email", "phone", "device") for i in range(40)]
+    edges = [(rng.choice(nodes), rng.choice(nodes)) for _ in range(300)]
+    edges += [("phone:0", n) for n in nodes[:60]] + [(n, "phone:0") for n in nodes[:30]]  # a hub, twice
+    edges += [("email:1", f"device:{i}") for i in range(12)] + [("email:1", "email:1")]  # 12, not 13
+    edges += [("device:7", n) for n in nodes[40:100]]  # unbounded type: never a hub
+    df = spark.createDataFrame(
+        [(a, b, "rule", "table", "record", T) for a, b in edges],
+        "src string, dst string, rule string, source_table string, source_record string, first_seen timestamp",
+    )
+    max_degree = {"email": 11, "phone": 10}
+    on_driver = EdgesOnDriver(df)
+    got = sorted(tuple(r) for r in on_driver.hubs(max_degree).collect())
+    kept, _, hubs = cut_hubs(df, max_degree)
+    expected = sorted(tuple(r) for r in hubs.collect())
+    assert got == expected and {"phone:0", "email:1"} <= {h[0] for h in got}
+    assert "device:7" not in {h[0] for h in got}
+    starts = spark.createDataFrame([("email:2",), ("device:3",), ("unseen",)], "id string")
+    prev = spark.createDataFrame([], "identifier string, profile_id string")
+    driver_closure = {r["id"] for r in touched_identifiers(starts, df, prev, on_driver=on_driver).collect()}
+    spark_closure = {r["id"] for r in touched_identifiers(starts, kept, prev).collect()}
+    assert driver_closure == spark_closure and "unseen" in driver_closure and "phone:0" not in driver_closure
 
 
 def _inputs(spark):
