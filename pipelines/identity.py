@@ -9,6 +9,7 @@ strangers together; a component larger than the size bound is quarantined instea
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,7 +25,6 @@ from pipelines.config import IdentityConfig
 from pipelines.identity_guards import cut_hubs, enforce_limits, identifier_type
 from pipelines.normalize import E164_PATTERN, blank_to_null, blocked, normalize_email
 from pipelines.profile_ids import assign_profile_ids
-from pipelines.profiles import customer_identifier
 
 OBSERVATION_COLUMNS = ["identifier", "id_type", "rule", "source_table", "source_record", "seen_at"]
 EDGE_COLUMNS = [
@@ -55,14 +55,21 @@ def _observe(
     table: str,
     record: F.Column,
     seen: F.Column,
+    normalize: Callable[[F.Column, F.Column], F.Column],
 ) -> DataFrame:
-    """One row per (record, identifier) for the listed (id_type, column) pairs; nulls dropped."""
-    structs = [
-        F.struct(
-            (F.lit(t) if isinstance(t, str) else t).alias("id_type"), F.col(c).cast("string").alias("value")
+    """One row per (record, identifier) for the listed (id_type, column) pairs, each value normalised for
+    its type (``normalize(id_type, value)``); nulls dropped.
+
+    The normaliser runs inside the array that is exploded, once per value: applied after the explode, Spark
+    pushes every later filter (not null, each blocklist pattern) below the projection and inlines the whole
+    per-type expression into each of them, and the regexes ran about ten times per row (the observations of
+    7.6 M events took 158 s of CPU)."""
+    structs = []
+    for t, c in pairs:
+        id_type = F.lit(t) if isinstance(t, str) else t
+        structs.append(
+            F.struct(id_type.alias("id_type"), normalize(id_type, F.col(c).cast("string")).alias("value"))
         )
-        for t, c in pairs
-    ]
     return (
         df.select(
             rule.alias("rule"),
@@ -99,6 +106,13 @@ def identifier_observations(
     ``_alias_types``): an incremental run observes its new events in the light of all earlier ones.
     ``customers`` None: events alone (a stream's micro-batch).
     """
+
+    def normalize(id_type: F.Column, value: F.Column) -> F.Column:
+        out = value
+        for t, how in (normalizers or {}).items():
+            out = F.when(id_type == t, _normalized(value, how)).otherwise(out)
+        return out
+
     ev = _observe(
         _alias_types(events, events if known_events is None else known_events),
         [
@@ -112,38 +126,32 @@ def identifier_observations(
         "silver.events",
         F.col("message_id"),
         F.col("event_time"),
+        normalize,
     )
-    obs = ev if customers is None else _customer_observations(customers).unionByName(ev)
-    value = F.col("value")
-    for id_type, how in (normalizers or {}).items():
-        value = F.when(F.col("id_type") == id_type, _normalized(F.col("value"), how)).otherwise(value)
-    obs = obs.withColumn("value", value).filter(F.col("value").isNotNull())
-    obs = obs.withColumn("identifier", F.concat_ws(":", "id_type", "value"))
+    obs = ev if customers is None else _customer_observations(customers, normalize).unionByName(ev)
     is_blocked = F.lit(False)
     for id_type, patterns in blocklist.items():
         is_blocked = is_blocked | ((F.col("id_type") == id_type) & blocked(F.col("value"), patterns))
     return obs.filter(~is_blocked).select(*OBSERVATION_COLUMNS)
 
 
-def _customer_observations(customers: DataFrame) -> DataFrame:
-    """A CRM record's id, email, phone and linked web user id."""
+def _customer_observations(
+    customers: DataFrame, normalize: Callable[[F.Column, F.Column], F.Column]
+) -> DataFrame:
+    """A CRM record's own id (``<system>_id``), email, phone and linked web user id."""
     return _observe(
         customers,
-        [("email", "email"), ("phone", "phone"), ("user_id", "user_id")],
+        [
+            (F.concat(F.col("source_system"), F.lit("_id")), "source_id"),
+            ("email", "email"),
+            ("phone", "phone"),
+            ("user_id", "user_id"),
+        ],
         F.concat(F.lit("crm_record:"), F.col("source_system")),
         "silver.customers",
         F.concat_ws(":", "source_system", "source_id"),
         F.coalesce("updated_at", "created_at", "_loaded_at"),
-    ).unionByName(
-        customers.select(
-            customer_identifier().alias("identifier"),
-            F.concat(F.col("source_system"), F.lit("_id")).alias("id_type"),
-            F.col("source_id").alias("value"),
-            F.concat(F.lit("crm_record:"), F.col("source_system")).alias("rule"),
-            F.lit("silver.customers").alias("source_table"),
-            F.concat_ws(":", "source_system", "source_id").alias("source_record"),
-            F.coalesce("updated_at", "created_at", "_loaded_at").alias("seen_at"),
-        )
+        normalize,
     )
 
 

@@ -20,13 +20,21 @@ E164_PATTERN = r"^\+[1-9][0-9]{6,14}$"
 
 
 # Unicode whitespace (NBSP and the other separators) and the invisible zero-width marks and BOM that
-# copy-paste and SDKs leave around values; plain trim() removes only ASCII spaces.
-_EDGE_JUNK = r"^[\s\p{Z}\x{200B}-\x{200D}\x{2060}\x{FEFF}]+|[\s\p{Z}\x{200B}-\x{200D}\x{2060}\x{FEFF}]+$"
+# copy-paste and SDKs leave around values; plain trim() removes only ASCII spaces. As a regex this is
+# ``[\s\p{Z}\x{200B}-\x{200D}\x{2060}\x{FEFF}]`` at either end (Java's \s is the six ASCII spaces, \p{Z}
+# the Unicode separators); listed out for btrim, which checks the two ends instead of running a regex over
+# the value (identity observations of 7.6 M events ran this on every value). The test compares the two on
+# every BMP character.
+EDGE_JUNK_CHARS = (
+    " \t\n\x0b\f\r"  # \s
+    "\u00a0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + "\u2028\u2029\u202f\u205f\u3000"  # \p{Z}
+    "\u200b\u200c\u200d\u2060\ufeff"  # zero-width space, non-joiner, joiner, word joiner, BOM
+)
 
 
 def blank_to_null(col: Column) -> Column:
     """Trimmed string (Unicode spaces and zero-width marks too), or null when empty."""
-    trimmed = F.regexp_replace(col, _EDGE_JUNK, "")
+    trimmed = F.btrim(col, F.lit(EDGE_JUNK_CHARS))
     return F.when(trimmed == "", None).otherwise(trimmed)
 
 

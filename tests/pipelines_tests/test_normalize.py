@@ -1,7 +1,14 @@
 from chispa import assert_df_equality
 from pyspark.sql import functions as F
 
-from pipelines.normalize import blocked, clean_name, normalize_country, normalize_email, normalize_phone
+from pipelines.normalize import (
+    blank_to_null,
+    blocked,
+    clean_name,
+    normalize_country,
+    normalize_email,
+    normalize_phone,
+)
 
 
 def test_normalize_email(spark):
@@ -55,3 +62,31 @@ def test_blocked_matches_exact_values_case_insensitively_and_regexes(spark):
     )
     out = df.select(blocked(F.col("v"), ["test@test.com", r"^\+?[0-]*$"]).alias("b")).collect()
     assert [r.b for r in out] == [True, True, True, False, False]
+
+
+def test_blank_to_null_trims_exactly_what_the_unicode_space_regex_trims(spark):
+    """blank_to_null trims a listed set of characters (btrim); it must trim the characters the regex
+    ``[\\s\\p{Z}\\x{200B}-\\x{200D}\\x{2060}\\x{FEFF}]`` matches at either end, in Java's regex engine, and
+    nothing else: checked on every character of the Basic Multilingual Plane (surrogates aside), at the
+    start, at the end and alone."""
+    junk = r"[\s\p{Z}\x{200B}-\x{200D}\x{2060}\x{FEFF}]"
+    regex = f"^{junk}+|{junk}+$"
+    bmp = [(chr(i),) for i in range(0x10000) if not 0xD800 <= i <= 0xDFFF]
+    chars = spark.createDataFrame(bmp, "c string")
+    cases = chars.select(F.concat("c", F.lit("x"), "c").alias("v")).unionByName(
+        chars.select(F.col("c").alias("v"))
+    )
+    by_regex = F.regexp_replace("v", regex, "")
+    out = cases.select(
+        "v",
+        F.when(by_regex == "", None).otherwise(by_regex).alias("want"),
+        blank_to_null(F.col("v")).alias("got"),
+    )
+    differ = out.filter(~F.col("want").eqNullSafe(F.col("got")))
+    assert differ.count() == 0, [(hex(ord(r.v[0])), r.want, r.got) for r in differ.limit(10).collect()]
+    trimmed = out.filter(F.col("want").isNull()).count()
+    # \s 6, \p{Z} 19 (the space is in both), zero-width marks and BOM 5
+    assert trimmed == 6 + 19 - 1 + 5, f"{trimmed} characters trimmed"
+    assert out.filter("want = 'x' AND v != 'x'").count() == trimmed, (
+        "each trimmed character goes from both ends"
+    )
