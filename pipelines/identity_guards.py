@@ -6,8 +6,9 @@ user_id, 5 emails ...). A component within every limit is kept as it is. A compo
 is solved again with a constrained union-find: its edges are applied strongest first, and an edge whose
 union would put more identifiers of some type into one profile than allowed is cut (and reported).
 
-Union-find with constraints is sequential, so it runs per violating component in a pandas UDF; the
-components within limits, which are nearly all of them, never leave Spark.
+Union-find with constraints is sequential, so the violating components are solved in Python: on the driver
+in one pass while their edges fit (``LOCAL_MAX_EDGES``), else one component per call of a grouped pandas UDF;
+the components within limits, which are nearly all of them, never leave Spark.
 """
 
 from __future__ import annotations
