@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyspark import StorageLevel
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from scipy.sparse import coo_matrix
@@ -415,7 +414,7 @@ def _star_components(current: DataFrame, max_iterations: int) -> DataFrame:
     """Large-star/small-star rounds until the edges stop changing."""
     for _ in range(max_iterations):
         after_large = _large_star(current).localCheckpoint()
-        after_small = _small_star(after_large).persist(StorageLevel.MEMORY_AND_DISK).localCheckpoint()
+        after_small = _small_star(after_large).localCheckpoint()
         changed = (
             after_small.exceptAll(current).limit(1).count() + current.exceptAll(after_small).limit(1).count()
         )

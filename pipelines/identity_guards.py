@@ -102,10 +102,13 @@ def _solve(
         if r not in smallest or v < smallest[r]:
             smallest[r] = v
     columns = [c.split()[0] for c in _OUT_SCHEMA.split(", ")]
-    labels = [smallest[r] for r in roots]
-    vertex_rows = pd.DataFrame({**dict.fromkeys(columns), "kind": "vertex", "id": ids, "component": labels})
     cuts = edges.iloc[cut_at][["src", "dst", "rule", "source_table", "source_record", "first_seen"]]
-    cut_rows = cuts.assign(kind="cut", id=None, component=None, reason=reasons)
+    cut_rows = cuts.assign(kind="cut", id=None, component=None, reason=np.array(reasons, dtype=object))
+    # the vertex rows' empty columns typed like the cut rows' (first_seen a timestamp), so concat need not
+    # guess a dtype from all-null columns (pandas deprecates that guess)
+    vertex_rows = pd.DataFrame(
+        {c: pd.Series(None, index=range(len(ids)), dtype=cut_rows[c].dtype) for c in columns}
+    ).assign(kind="vertex", id=ids, component=[smallest[r] for r in roots])
     return pd.concat([vertex_rows[columns], cut_rows[columns]], ignore_index=True)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from pipelines.config import ComparisonConfig, ProbabilisticConfig
@@ -160,7 +160,6 @@ def probabilistic_edges(
     and phone are the records' identifiers (``contact_identifiers``), not their raw columns.
     """
     from splink import Linker
-    from splink.backends.spark import SparkAPI
 
     spark = customers.sparkSession
     records = (
@@ -174,9 +173,55 @@ def probabilistic_edges(
     records = records.localCheckpoint()
     # Splink logs every training step, and warns about levels the sample lacks: keep that out of job logs.
     logging.getLogger("splink").setLevel(logging.ERROR)
-    db_api = SparkAPI(spark_session=spark, break_lineage_method="persist")
-    linker = Linker(db_api.register(records), splink_settings(conf), log_level=None)
-    pairs = train_and_predict(linker, conf).as_spark_dataframe()
+    views_before = _splink_views(spark)
+    db_api = _spark_api(spark)
+    try:
+        linker = Linker(db_api.register(records), splink_settings(conf), log_level=None)
+        return _edges_from_pairs(train_and_predict(linker, conf).as_spark_dataframe())
+    finally:
+        for df in reversed(db_api.persisted):  # dependents first: uncaching a base re-caches them
+            df.unpersist()
+        for name in _splink_views(spark) - views_before:
+            spark.catalog.dropTempView(name)
+
+
+def _splink_views(spark: SparkSession) -> set[str]:
+    return {t.name for t in spark.catalog.listTables() if t.isTemporary and t.name.startswith("__splink__")}
+
+
+def _spark_api(spark: SparkSession) -> Any:
+    """Splink's Spark backend, keeping a list of the tables it persists so they can be released.
+
+    Splink persists its intermediate tables (``break_lineage_method="persist"``) and registers each as a
+    temp view, about a hundred per run; it never unpersists them, and its own clean-up drops views but
+    leaves their data and plans in Spark's cache. In a long-lived session (the test suite) they held over
+    500 MB of a 2 GB driver heap until a later broadcast failed for want of memory. Splink has no hook for
+    this: the override sees each frame its ``_break_lineage_and_repartition`` may persist (pinned Splink;
+    the hard-set test fails if anything is left cached).
+    """
+    from splink.backends.spark import SparkAPI
+
+    class ReleasableSparkAPI(SparkAPI):  # type: ignore[misc]
+        tables: list[DataFrame] = []
+
+        # Splink persists the very frame this returns, when the table's name says so
+        def _repartition_if_needed(self, spark_df: DataFrame, templated_name: str) -> DataFrame:
+            out = super()._repartition_if_needed(spark_df, templated_name)
+            self.tables.append(out)
+            return out
+
+        @property
+        def persisted(self) -> list[DataFrame]:
+            return [df for df in self.tables if df.is_cached]
+
+    api = ReleasableSparkAPI(spark_session=spark, break_lineage_method="persist")
+    api.tables = []
+    return api
+
+
+def _edges_from_pairs(pairs: DataFrame) -> DataFrame:
+    """Splink's scored pairs -> edges, leaving out pairs already linked by a shared email or phone.
+    Materialised here: the pairs read Splink's cached tables, which are released after this."""
     same_contact = (F.col("email_l") == F.col("email_r")) | (F.col("phone_l") == F.col("phone_r"))
     return (
         pairs.filter(~F.coalesce(same_contact, F.lit(False)))
