@@ -184,6 +184,7 @@ class TrainingConfig(_Strict):
     deterministic_rules: list[list[Literal[MATCH_FIELDS]]] = Field(min_length=1)  # type: ignore[valid-type]
     deterministic_recall: float = Field(0.8, gt=0, le=1)
     u_max_pairs: int = Field(1_000_000, ge=1000)
+    u_chunks: int = Field(1, ge=1)
     m_label_column: Literal["email", "phone"] | None = "email"
     em_blocking_rules: list[list[Literal[MATCH_FIELDS]]] = []  # type: ignore[valid-type]
     max_iterations: int = Field(20, ge=1)

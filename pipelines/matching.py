@@ -103,7 +103,9 @@ def train_and_predict(linker: Any, conf: ProbabilisticConfig) -> Any:
     linker.training.estimate_probability_two_random_records_match(
         [block_on(*cols) for cols in t.deterministic_rules], recall=t.deterministic_recall
     )
-    linker.training.estimate_u_using_random_sampling(max_pairs=t.u_max_pairs, seed=t.seed)
+    linker.training.estimate_u_using_random_sampling(
+        max_pairs=t.u_max_pairs, seed=t.seed, num_chunks=t.u_chunks
+    )
     if t.m_label_column:
         # Records that share an email are one person (that is a deterministic edge): how their names,
         # dates of birth and addresses differ is what a true match looks like, typos and nicknames included.
