@@ -204,7 +204,9 @@ def _spark_api(spark: SparkSession) -> Any:
     from splink.backends.spark import SparkAPI
 
     class ReleasableSparkAPI(SparkAPI):  # type: ignore[misc]
-        tables: list[DataFrame] = []
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.tables: list[DataFrame] = []
 
         # Splink persists the very frame this returns, when the table's name says so
         def _repartition_if_needed(self, spark_df: DataFrame, templated_name: str) -> DataFrame:
@@ -216,9 +218,7 @@ def _spark_api(spark: SparkSession) -> Any:
         def persisted(self) -> list[DataFrame]:
             return [df for df in self.tables if df.is_cached]
 
-    api = ReleasableSparkAPI(spark_session=spark, break_lineage_method="persist")
-    api.tables = []
-    return api
+    return ReleasableSparkAPI(spark_session=spark, break_lineage_method="persist")
 
 
 def _edges_from_pairs(pairs: DataFrame) -> DataFrame:

@@ -11,6 +11,7 @@ from pipelines.demo_data import generate
 from pipelines.evaluate import pairwise_scores
 from pipelines.identity import build_edges, identifier_observations, identity_graph
 from pipelines.identity_incremental import update_identity_graph
+from pipelines.matching import _splink_views
 from pipelines.resolve import resolve, silver_from_landing
 
 PEOPLE = 700
@@ -31,7 +32,7 @@ def hard(spark, tmp_path_factory):
     result, observations, edges = resolve(customers, events, cfg.identity, built_at="2026-11-01 00:00:00")
     leftovers = {
         "cached": spark._jsparkSession.sharedState().cacheManager().numCachedEntries(),
-        "splink_views": [t.name for t in spark.catalog.listTables() if t.name.startswith("__splink__")],
+        "splink_views": _splink_views(spark),
     }
     truth = spark.read.option("header", "true").csv(str(landing / "ground_truth.csv"))
     return {
@@ -57,7 +58,7 @@ def test_hard_set_precision_and_recall(hard):
 def test_resolver_leaves_nothing_in_sparks_cache(hard):
     """Splink's Spark backend persists its intermediate tables, each behind a temp view, and releases
     neither: in the suite's long-lived session they held the driver's heap until a broadcast failed."""
-    assert hard["leftovers"] == {"cached": 0, "splink_views": []}
+    assert hard["leftovers"] == {"cached": 0, "splink_views": set()}
 
 
 def test_probabilistic_edges_link_records_with_no_shared_identifier(hard):
