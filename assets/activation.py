@@ -22,7 +22,7 @@ from assets.resources import SparkResource
 from pipelines import io
 from pipelines.audiences import audience_sizes, size_changes
 from pipelines.refresh import refresh_traits_and_audiences
-from pipelines.stream import identity_lock
+from pipelines.stream import identity_lock, traits_lock
 
 TRAITS = AssetKey(["gold", "profile_traits"])
 MEMBERSHIP = AssetKey(["gold", "audience_membership"])
@@ -60,7 +60,8 @@ MEMBERSHIP = AssetKey(["gold", "audience_membership"])
 def traits_and_audiences(context: AssetExecutionContext, spark: SparkResource):
     """Recompute every trait for every profile and re-evaluate every audience now."""
     cfg, session = spark.config(), spark.session()
-    with identity_lock(cfg):  # the stream's per-batch refreshes wait meanwhile
+    # the stream's traits refresher and its identity updates wait meanwhile
+    with traits_lock(cfg), identity_lock(cfg):
         stats = refresh_traits_and_audiences(session, cfg, full=True)
     if stats.mode == "skipped":
         raise RuntimeError(f"nothing to refresh: {stats.reason}")

@@ -126,7 +126,7 @@ class StreamingConfig(_Strict):
     max_files_per_trigger: int = Field(50, ge=1)
     kafka: KafkaConfig = KafkaConfig()
     update_identity: bool = True  # each micro-batch updates the identity graph and profiles it touches
-    update_traits: bool = True  # ... and then the traits and audience memberships of those people
+    update_traits: bool = True  # ... and a thread beside it their traits and audience memberships
 
     @field_validator("trigger")
     @classmethod

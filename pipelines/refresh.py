@@ -7,8 +7,9 @@
   gone (merged away) or whose audience was removed from conf exit.
 - **incremental** (each stream micro-batch): the profiles touched since the last refresh are read from the
   Delta change data feed of silver.events, silver.orders, silver.customers (rows whose identifier belongs
-  to a profile) and gold.identity_graph (profiles that gained, lost or changed identifiers, before and after
-  the change). Only their traits are recomputed and MERGEd, and only their memberships re-evaluated.
+  to a profile), gold.identity_graph (profiles that gained, lost or changed identifiers, before and after
+  the change) and gold.profiles (whose attributes the audiences read). Only their traits are recomputed and
+  MERGEd, and only their memberships re-evaluated.
 
 The source versions a refresh read are stored in its gold.profile_traits commit (userMetadata), so the
 next incremental run reads the change feed from there: nothing is missed, and a crash before that commit
@@ -38,7 +39,7 @@ from pipelines.records import BRONZE_CSV_SCHEMA
 from pipelines.timing import PhaseTimer
 from pipelines.traits import compute_traits
 
-SOURCE_TABLES = ["silver.events", "silver.orders", "silver.customers", "gold.identity_graph"]
+SOURCE_TABLES = ["silver.events", "silver.orders", "silver.customers", "gold.identity_graph", "gold.profiles"]
 STATE_KEY = "converge_traits"
 
 
@@ -84,6 +85,27 @@ def last_state(spark: SparkSession, cfg: Config) -> dict | None:
     return None
 
 
+def _changed_rows(feed: DataFrame, key: str) -> DataFrame:
+    """``(key)`` of the rows a range of a table's change feed really changed. A rebuild that overwrites a
+    table deletes and inserts every row, most of them as they were: each row content (hashed as JSON, which
+    takes maps and arrays) counts +1 where it came in and -1 where it went, and a key whose contents all
+    net to zero did not change. (JSON of a map follows its entries' order: a map rebuilt in another order
+    counts as a change, which costs a recomputation, never a missed one.)"""
+    content = [c for c in feed.columns if c not in ("_change_type", "_commit_version", "_commit_timestamp")]
+    came = F.col("_change_type").isin("insert", "update_postimage")
+    return (
+        feed.select(
+            key,
+            F.xxhash64(F.to_json(F.struct(*content))).alias("_row"),
+            F.when(came, 1).otherwise(-1).alias("_n"),
+        )
+        .groupBy(key, "_row")
+        .agg(F.sum("_n").alias("_n"))
+        .filter(F.col("_n") != 0)
+        .select(key)
+    )
+
+
 def touched_profiles(
     spark: SparkSession, cfg: Config, since: dict[str, int], until: dict[str, int], graph: DataFrame
 ) -> DataFrame:
@@ -110,9 +132,12 @@ def touched_profiles(
         parts.append(
             graph.join(broadcast_if_small(identifiers), "identifier", "left_semi").select("profile_id")
         )
-    start, end = since.get("gold.identity_graph", -1) + 1, until["gold.identity_graph"]
-    if end >= start:
-        parts.append(io.changes(spark, cfg, "gold.identity_graph", start, end).select("profile_id"))
+    # profiles whose graph rows or whose profile row changed: the stream's traits refresher may have read
+    # the graph of a batch whose profile rows were not written yet; those rows' commit brings them here
+    for table in ("gold.identity_graph", "gold.profiles"):
+        start, end = since.get(table, -1) + 1, until[table]
+        if end >= start:
+            parts.append(_changed_rows(io.changes(spark, cfg, table, start, end), "profile_id"))
     if not parts:
         return spark.createDataFrame([], "profile_id string")
     out = parts[0]

@@ -15,11 +15,15 @@ One micro-batch, exactly once whatever crashes:
    the stream was down) is computed again.
 4. Traits and audience memberships are refreshed for the profiles whose rows changed since the last
    refresh (``pipelines.refresh``: Delta change data feed; the versions read are kept in the traits
-   commit, so a crash just recomputes the same people).
+   commit, so a crash just recomputes the same people). This runs beside the stream, in a thread of its
+   own (``TraitsRefresher``), not inside the micro-batch: the next batch, and so the next events'
+   profiles, need not wait for it. Batches that finish while a refresh runs are taken by the next one
+   together; when the query stops, a last refresh covers its last batch.
 
 Identity updates hold an inter-process lock (``identity_lock``) that the full rebuild takes too, so the
-two never interleave. The stream's progress goes to a status file that ``converge stream status`` and
-the Dagster sensor read without Spark.
+two never interleave; refreshes of traits hold ``traits_lock`` (the Dagster asset's full refresh too).
+The stream's progress goes to a status file that ``converge stream status`` and the Dagster sensor read
+without Spark.
 """
 
 from __future__ import annotations
@@ -28,9 +32,10 @@ import fcntl
 import json
 import os
 import shutil
+import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -85,12 +90,14 @@ def event_source(spark: SparkSession, cfg: Config) -> DataFrame:
 
 
 @contextmanager
-def file_lock(path: Path, what: str, wait: bool = True) -> Iterator[None]:
-    """An exclusive inter-process lock (flock: released by the kernel when the holder dies)."""
+def file_lock(path: Path, what: str, wait: bool = True, shared: bool = False) -> Iterator[None]:
+    """An inter-process lock (flock: released by the kernel when the holder dies), exclusive unless
+    ``shared``. Two opens of the same file conflict even inside one process (flock locks an open file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as fh:
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+            fcntl.flock(fh, mode | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             fh.seek(0)
             raise RuntimeError(
@@ -111,11 +118,30 @@ def identity_lock(cfg: Config):
     return file_lock(cfg.lakehouse.root / "_locks" / "identity.lock", "an identity update")
 
 
-def writes_lock(cfg: Config):
-    """Held by the stream for each micro-batch and by a deletion for its whole run: a deletion's VACUUM
-    must never see a micro-batch's files written but not yet committed (it would remove them). Taken
-    before ``identity_lock`` wherever both are held."""
-    return file_lock(cfg.lakehouse.root / "_locks" / "writes.lock", "a lakehouse write")
+def traits_lock(cfg: Config):
+    """Held by every refresh of traits and audiences (the stream's refresher, the Dagster asset). Taken
+    after ``writes_lock`` and before ``identity_lock`` wherever they are held together."""
+    return file_lock(cfg.lakehouse.root / "_locks" / "traits.lock", "a traits refresh")
+
+
+@contextmanager
+def writes_lock(cfg: Config, shared: bool = False) -> Iterator[None]:
+    """Held shared by the stream for each micro-batch and by its traits refresher, exclusively by a
+    deletion for its whole run: a deletion's VACUUM must never see files written but not yet committed
+    (it would remove them), while the stream's two writers may work side by side. Taken before
+    ``identity_lock`` wherever both are held.
+
+    flock does not make new shared holders wait for a waiting exclusive one, so two writers that take
+    turns could keep a deletion out for ever: a gate lock in front (a turnstile) is passed by each shared
+    holder on its way in and held by the deletion while it waits and works."""
+    locks = cfg.lakehouse.root / "_locks"
+    with ExitStack() as held:
+        gate = held.enter_context(ExitStack())
+        gate.enter_context(file_lock(locks / "writes.gate", "a lakehouse write"))
+        held.enter_context(file_lock(locks / "writes.lock", "a lakehouse write", shared=shared))
+        if shared:
+            gate.close()  # through the turnstile
+        yield
 
 
 @dataclass
@@ -123,8 +149,6 @@ class IdentityStats(PhaseTimer):
     new_events: int = 0
     touched_identifiers: int = 0
     profiles_written: int = 0
-    traits_refreshed: int = 0  # profiles whose traits were recomputed
-    membership_changes: int = 0  # audience entries and exits
     replayed_staging: bool = False
     seconds: float = 0.0
     phases: dict[str, float] = field(default_factory=dict)  # seconds per step, for `stream status`
@@ -289,19 +313,74 @@ def update_identity_for_batch(
             _stage_identity(spark, cfg, obs, stage, built_at, stats)
         with io.user_metadata(spark, f"{app_id}:{batch_id}"), stats.phase("apply"):
             stats.profiles_written = _apply_identity(spark, cfg, stage, app_id, batch_id)
-        if cfg.streaming.update_traits:
-            with stats.phase("traits"):
-                refreshed = refresh_traits_and_audiences(spark, cfg, txn_app_id=app_id, txn_version=batch_id)
-            stats.traits_refreshed, stats.membership_changes = (
-                refreshed.profiles,
-                refreshed.membership_changes,
-            )
     # earlier batches' staging is no longer needed once this batch's is applied
     for old in stage.parent.iterdir():
         if old.name.isdigit() and int(old.name) < batch_id:
             shutil.rmtree(old, ignore_errors=True)
     stats.new_events, stats.seconds = n_new, round(time.time() - t0, 2)
     return stats
+
+
+class TraitsRefresher:
+    """Step 4 of the module docstring, in a thread beside the stream: after a micro-batch's identity
+    update (``notify``), the traits and audience memberships of the people touched since the last refresh
+    are recomputed. Batches that finish while a refresh runs are covered together by the next one; ``stop``
+    runs what is pending, then ends the thread.
+
+    Its writes carry the stream's transaction app id and, as version, the newest batch they cover, so a
+    replayed refresh commits nothing twice. It has a Spark session of its own (same SparkContext): Delta's
+    idempotency and commit-metadata settings are session confs, and the micro-batch sets them at the same
+    time. It reads the tables while a batch may be writing them; what a refresh reads half-updated (a graph
+    row whose profile row is not written yet) changes again afterwards, so the next refresh, which reads
+    the change feeds from the versions this one recorded, takes those people again."""
+
+    def __init__(self, spark: SparkSession, cfg: Config, app_id: str) -> None:
+        self.session = spark.newSession()
+        self.cfg, self.app_id = cfg, app_id
+        self.error: BaseException | None = None
+        self.last: dict | None = None  # the last refresh, for `stream status`
+        self._wake = threading.Condition()
+        self._pending: int | None = None  # the newest batch no refresh has covered yet
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="converge-traits-refresher", daemon=True)
+        self._thread.start()
+
+    def notify(self, batch_id: int) -> None:
+        with self._wake:
+            self._pending = batch_id if self._pending is None else max(self._pending, batch_id)
+            self._wake.notify()
+
+    def stop(self) -> None:
+        with self._wake:
+            self._stopping = True
+            self._wake.notify()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while self._pending is None and not self._stopping:
+                    self._wake.wait()
+                if self._pending is None:
+                    return
+                batch_id, self._pending = self._pending, None
+            try:
+                with writes_lock(self.cfg, shared=True), traits_lock(self.cfg):
+                    stats = refresh_traits_and_audiences(
+                        self.session, self.cfg, txn_app_id=self.app_id, txn_version=batch_id
+                    )
+            except BaseException as exc:  # raised in the stream's thread (``run_stream``)
+                self.error = exc
+                return
+            self.last = {
+                "covers_batch": batch_id,
+                "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "mode": stats.mode,
+                "profiles": stats.profiles,
+                "membership_changes": stats.membership_changes,
+                "seconds": stats.seconds,
+                "phases": stats.phases,
+            }
 
 
 @dataclass
@@ -315,6 +394,7 @@ class StreamStatus:
     started_at: str = ""
     updated_at: str = ""
     batches: list[dict] = field(default_factory=list)  # the last ones: Spark's progress + Converge's stats
+    traits: dict | None = None  # the last refresh of traits and audiences (``TraitsRefresher``)
     error: str | None = None
 
     def write(self, path: Path) -> None:
@@ -368,16 +448,28 @@ def run_stream(
     processed: list[BatchStats] = []
     identity: dict[int, IdentityStats] = {}
 
+    refresher: TraitsRefresher | None = None
+
     def handle(batch: DataFrame, batch_id: int) -> None:
-        with writes_lock(cfg):
+        if refresher is not None and refresher.error is not None:
+            raise RuntimeError("the traits refresh failed") from refresher.error
+        with writes_lock(cfg, shared=True):
             stats, events = process_event_batch(batch, batch_id, cfg, app_id, return_events=True)
             if update_identity and stats.accepted:
                 identity[batch_id] = update_identity_for_batch(spark, cfg, events, app_id, batch_id)
+        if refresher is not None and batch_id in identity:
+            refresher.notify(batch_id)
         processed.append(stats)
 
     with file_lock(
         checkpoint.parent / f"{checkpoint.name}.lock", f"the {cfg.streaming.source} stream", wait=False
     ):
+        if update_identity and cfg.streaming.update_traits:
+            refresher = TraitsRefresher(spark, cfg, app_id)
+            last = _last_committed_batch(checkpoint)
+            if last is not None:
+                # a process that died may have left its last batches' traits undone: catch up first
+                refresher.notify(last)
         writer = (
             event_source(spark, cfg)
             .writeStream.queryName(QUERY_NAME)
@@ -410,24 +502,39 @@ def run_stream(
                 # seconds as a float: PySpark converts to milliseconds (its stub says int)
                 query.awaitTermination(wait)  # type: ignore[arg-type]
                 rows = progress_rows()
-                if {r["batch_id"] for r in rows} - seen:
+                traits = refresher.last if refresher is not None else None
+                if {r["batch_id"] for r in rows} - seen or traits != status.traits:
                     seen |= {r["batch_id"] for r in rows}
-                    status.batches = rows
+                    status.batches, status.traits = rows, traits
                     status.write(status_path)
                 if deadline is not None and time.time() >= deadline:
                     query.stop()
+                if refresher is not None and refresher.error is not None:
+                    query.stop()  # reported below
         finally:
             if query.isActive:
                 query.stop()
+            if refresher is not None:
+                refresher.stop()  # after a last refresh covering the last batch
+                status.traits = refresher.last
             # the last batches may have finished after the loop's last look (a short availableNow run)
             status.batches = progress_rows() or status.batches
-            exc = query.exception()
+            exc: BaseException | None = query.exception()
+            if exc is None and refresher is not None and refresher.error is not None:
+                exc = refresher.error
             status.state = "failed" if exc else "stopped"
             status.error = str(exc) if exc else None
             status.write(status_path)
     if exc is not None:
-        raise RuntimeError(f"event stream failed: {exc}")
+        raise RuntimeError(f"event stream failed: {exc}") from exc
     return processed
+
+
+def _last_committed_batch(checkpoint: Path) -> int | None:
+    """The id of the last micro-batch the query committed, from its checkpoint's commit log."""
+    commits = checkpoint / "commits"
+    ids = [int(f.name) for f in commits.iterdir() if f.name.isdigit()] if commits.is_dir() else []
+    return max(ids, default=None)
 
 
 def read_status(cfg: Config) -> dict | None:

@@ -279,3 +279,36 @@ def test_a_second_stream_on_the_same_checkpoint_is_refused_while_the_first_lives
     time.sleep(0.2)
     with file_lock(lock, "the files stream", wait=False):
         assert lock.read_text() == f"pid {os.getpid()}"
+
+
+def test_the_streams_writers_share_the_writes_lock_and_a_waiting_deletion_goes_first(cfg):
+    """A micro-batch and the traits refresher hold the writes lock side by side; a deletion (whose VACUUM
+    must see no uncommitted file) waits for them, and a writer arriving after the deletion waits behind it,
+    so writers taking turns never keep a deletion out."""
+    import threading
+    import time
+
+    from pipelines.stream import writes_lock
+
+    order: list[str] = []
+
+    def take(name: str, shared: bool) -> threading.Thread:
+        def run() -> None:
+            with writes_lock(cfg, shared=shared):
+                order.append(name)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        return thread
+
+    with writes_lock(cfg, shared=True):  # a micro-batch
+        take("refresher", shared=True).join(10)
+        assert order == ["refresher"], "a second writer gets in beside the first"
+        deletion = take("deletion", shared=False)
+        time.sleep(0.5)
+        writer = take("next batch", shared=True)
+        time.sleep(0.5)
+        assert order == ["refresher"], "the deletion waits for the batch, the next batch for the deletion"
+    deletion.join(10)
+    writer.join(10)
+    assert order == ["refresher", "deletion", "next batch"]

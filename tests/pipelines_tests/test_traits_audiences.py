@@ -11,6 +11,7 @@ from pipelines import io
 from pipelines.customers import SILVER_COLUMNS as CUSTOMER_COLUMNS
 from pipelines.events import SILVER_COLUMNS as EVENT_COLUMNS
 from pipelines.orders import SILVER_COLUMNS as ORDER_COLUMNS
+from pipelines.profiles import build_profiles
 from pipelines.refresh import refresh_traits_and_audiences, silver_or_empty
 from pipelines.traits import compute_traits
 
@@ -242,6 +243,35 @@ def test_incremental_refresh_equals_a_full_one(spark, cfg, report):
     # a2's two sessions (2 days ago; 50 and 20 minutes ago, 30 minutes apart: one) joined Ann's four
     assert incremental_traits["p1"]["sessions_7d"] == 6
     assert incremental_traits["p3"]["orders_90d"] == 1
+
+
+def test_a_refresh_that_read_a_graph_row_before_its_profile_row_takes_that_person_again(spark, cfg):
+    """The stream refreshes traits beside its micro-batches, so a refresh can read a batch's graph rows
+    before the batch has written their profile rows (audiences read both). The profile rows' commit is in
+    gold.profiles' change feed, and the next refresh evaluates those people."""
+    _base(spark, cfg)
+    refresh_traits_and_audiences(spark, cfg, as_of=T)
+    # a new visitor who left a cart an hour ago: the batch has written the event and the graph row...
+    event = _event("n1", "track", T - timedelta(hours=1), None, "a5", "Product Added", {"category": "bags"})
+    io.append(spark.createDataFrame([event], EVENT_SCHEMA), cfg, "silver.events")
+    graph_row = spark.createDataFrame(_graph_rows([("anonymous_id:a5", "p5")]), GRAPH_SCHEMA)
+    io.merge_upsert(graph_row, cfg, "gold.identity_graph", ["identifier"])
+    early = refresh_traits_and_audiences(spark, cfg, as_of=T)
+    assert early.profiles == 1 and _traits(spark, cfg)["p5"]["added_to_cart_24h"]
+    assert ("cart_abandoners_24h", "p5") not in _members(spark, cfg), "no profile row to evaluate yet"
+    # ... then the profile row
+    row = build_profiles(
+        io.read(spark, cfg, "gold.identity_graph").filter("profile_id = 'p5'"),
+        io.read(spark, cfg, "silver.customers"),
+        io.read(spark, cfg, "silver.orders"),
+        io.read(spark, cfg, "silver.events"),
+        cfg.sources.priority,
+        cfg.profiles.survivorship,
+    )
+    io.merge_upsert(row, cfg, "gold.profiles", ["profile_id"])
+    late = refresh_traits_and_audiences(spark, cfg, as_of=T)
+    assert (late.mode, late.profiles) == ("incremental", 1)
+    assert ("cart_abandoners_24h", "p5") in _members(spark, cfg)
 
 
 def test_audiences_enter_and_exit_on_events_and_on_passing_time(spark, cfg, report):
