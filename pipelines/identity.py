@@ -435,6 +435,7 @@ class IdentityResult:
     oversized: DataFrame  # components above the size bound
     cut_edges: DataFrame  # edges cut by a per-type limit
     registry: DataFrame  # every profile id ever issued (gold.profile_ids)
+    registry_changes: DataFrame  # the rows of ``registry`` this build added or changed (issued, retired)
     changes: DataFrame  # merges and splits of this build (gold.profile_merges)
     # incremental updates only: (id) the identifiers whose rows were recomputed or removed; every other
     # row of ``graph`` is the previous build's, unchanged
@@ -466,7 +467,7 @@ def identity_graph(
         "component_size", F.count(F.lit(1)).over(Window.partitionBy("component"))
     ).localCheckpoint()
     published = sized.filter(F.col("component_size") <= max_component_size)
-    ids, new_registry, changes = assign_profile_ids(
+    ids, new_registry, registry_changes, changes = assign_profile_ids(
         spark, published.select("id", "component"), previous, registry, edges, built_at, keep_live
     )
     graph = (
@@ -501,4 +502,4 @@ def identity_graph(
             F.transform("top", lambda s: s["id"]).alias("most_connected_identifiers"),
         )
     )
-    return IdentityResult(graph, oversized, cut, new_registry, changes)
+    return IdentityResult(graph, oversized, cut, new_registry, registry_changes, changes)

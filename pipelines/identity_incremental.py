@@ -228,6 +228,7 @@ def update_identity_graph(
             sub.cut_edges.filter(~F.col("reason").startswith("degree:"))
         ),
         registry=sub.registry,
+        registry_changes=sub.registry_changes,
         changes=sub.changes,
         touched=leaving,
     )

@@ -203,7 +203,7 @@ def _stage_identity(
     )
     out = {
         "graph_delta": graph_delta,
-        "registry": result.registry,
+        "registry": result.registry_changes,
         "changes": result.changes,
         "cut": result.cut_edges,
         "oversized": result.oversized,
@@ -232,7 +232,7 @@ def _apply_identity(spark: SparkSession, cfg: Config, stage: Path, app_id: str, 
         return io.read_staged(spark, stage / name)
 
     io.append(staged("changes"), cfg, "gold.profile_merges", app_id, batch_id)
-    io.overwrite(staged("registry"), cfg, "gold.profile_ids", app_id, batch_id)
+    io.merge_upsert(staged("registry"), cfg, "gold.profile_ids", ["profile_id"], None, app_id, batch_id)
     io.overwrite(staged("cut"), cfg, "quarantine.identity_edges", app_id, batch_id)
     io.overwrite(staged("oversized"), cfg, "quarantine.identity_components", app_id, batch_id)
     io.merge_upsert(

@@ -3,7 +3,7 @@ split, every change is recorded with its edge, and a retired id is never issued 
 
 from datetime import datetime
 
-from pipelines.profile_ids import assign_profile_ids
+from pipelines.profile_ids import REGISTRY_SCHEMA, assign_profile_ids
 
 EDGE_SCHEMA = "src string, dst string, rule string, source_table string, source_record string, first_seen timestamp, last_seen timestamp, evidence_count long"
 
@@ -22,9 +22,15 @@ def _components(spark, groups):
 
 
 def _build(spark, groups, pairs, previous=None, registry=None, at="2026-01-01 00:00:00"):
-    ids, reg, changes = assign_profile_ids(
+    ids, reg, reg_changes, changes = assign_profile_ids(
         spark, _components(spark, groups), previous, registry, _edges(spark, pairs), at
     )
+    # the changed rows are exactly what the new registry has that the last one had not
+    before = registry if registry is not None else spark.createDataFrame([], REGISTRY_SCHEMA)
+    changed = [tuple(r) for r in reg_changes.collect()]
+    assert len(changed) == len(set(changed)) and set(changed) == {
+        tuple(r) for r in reg.exceptAll(before).collect()
+    }
     graph = (
         _components(spark, groups)
         .join(ids, "component")
