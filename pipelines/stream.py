@@ -482,7 +482,12 @@ def run_stream(
             if trigger
             else writer.trigger(processingTime=cfg.streaming.trigger)
         )
-        query = writer.start()
+        try:
+            query = writer.start()
+        except BaseException:
+            if refresher is not None:
+                refresher.stop()
+            raise
         status.state = "running"
         status.write(status_path)
         deadline = None if timeout_s is None else time.time() + timeout_s

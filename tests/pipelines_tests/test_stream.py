@@ -106,6 +106,8 @@ def test_stream_batches_keep_identity_and_profiles_equal_to_a_full_rebuild(spark
     assert [r["input_rows"] for r in rows] == [b.rows for b in batches] and rows[-1]["batch_duration_ms"] > 0
     updated = [r for r in rows if "identity_new_events" in r]  # the all-rejects file updates nothing
     assert len(updated) == len(rows) - 1 and all(r["identity_touched_identifiers"] > 0 for r in updated)
+    # the refresher's last refresh, which run_stream waited for, covers the last batch that changed identity
+    assert status["traits"]["covers_batch"] == max(r["batch_id"] for r in updated)
     # nothing lost: bronze = silver + quarantine + duplicates, derived again from bronze
     parsed = parse_configured(io.read(spark, cfg, "bronze.events"), cfg)
     rec = reconcile(
@@ -204,6 +206,26 @@ def test_events_only_lakehouse_gets_profiles_from_the_stream(spark, cfg):
     assert profiles.filter(F.col("email") == "bo@example.com").first().event_count == 2
     assert not io.exists(spark, cfg, "silver.customers")
     assert_stream_equals_full_rebuild(spark, cfg)
+
+
+def test_a_failing_traits_refresh_stops_the_stream_and_says_why(spark, cfg, monkeypatch):
+    """The refresher is a thread beside the stream: its failure is not lost in it. The query stops,
+    ``run_stream`` raises with the cause and the status says failed; the batch's profiles stand."""
+    import pipelines.stream as stream
+
+    def broken(*args, **kwargs):
+        raise ValueError("trait orders_90d does not compile")
+
+    monkeypatch.setattr(stream, "refresh_traits_and_audiences", broken)
+    cfg.identity.probabilistic = None
+    (cfg.lakehouse.landing / "events").mkdir(parents=True)
+    lines = [ev(messageId="f1", userId="u7", anonymousId="d7"), ev(messageId="f2", anonymousId="d8")]
+    (cfg.lakehouse.landing / "events" / "a.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(RuntimeError, match="trait orders_90d does not compile"):
+        run_stream(spark, cfg, available_now=True)
+    status = read_status(cfg)
+    assert status["state"] == "failed" and "trait orders_90d does not compile" in status["error"]
+    assert io.read(spark, cfg, "gold.profiles").count() == 2
 
 
 def _rows(df):
