@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from delta.tables import DeltaTable
+from py4j.protocol import Py4JError
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.types import StringType, StructField, StructType
@@ -154,6 +155,21 @@ def commits(spark: SparkSession, cfg: Config, name: str, limit: int | None = Non
 
 
 def version(spark: SparkSession, cfg: Config, name: str) -> int:
+    """The table's latest committed version, -1 when it has none.
+
+    Read from Delta's log (``DeltaLog.update``: a listing of ``_delta_log``, so commits of other processes
+    count) instead of the commit history, which runs a Spark job per call (~0.14 s warm here, against
+    ~0.01 s): a stream batch and a traits refresh look up a dozen versions. Delta's Python API has no
+    call for the version alone; if the JVM method is ever missing, the history answers."""
+    path = path_of(cfg, name)
+    jvm = getattr(spark, "_jvm", None)
+    if jvm is not None:
+        try:
+            log = jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, path)
+            empty = jvm.scala.Option.empty()
+            return int(log.update(False, empty, empty).version())
+        except Py4JError:
+            pass
     last = commits(spark, cfg, name, limit=1)
     return last[0]["version"] if last else -1
 

@@ -105,6 +105,29 @@ def test_a_table_another_process_creates_is_seen_once_its_first_commit_lands(spa
     assert io.read(spark, cfg, name).count() == 1
 
 
+def test_a_tables_version_is_its_last_commit_even_one_another_process_made(spark, cfg, tmp_path):
+    """``io.version`` reads Delta's log, not the history: it must agree with the history after each
+    write, answer -1 before the first commit, and see a commit that reached the folder from elsewhere."""
+    import shutil
+
+    name = "gold.profile_merges"
+    assert io.version(spark, cfg, name) == -1
+    df = spark.createDataFrame([("a",)], "x string")
+    io.ensure(spark, cfg, name, df.schema)
+    for _ in range(2):
+        io.append(df, cfg, name)
+        assert io.version(spark, cfg, name) == io.commits(spark, cfg, name, limit=1)[0]["version"]
+    assert io.version(spark, cfg, name) == 2
+    # "another process" commits versions 3 and 4: its log files are copied in, this session is not told
+    elsewhere = tmp_path / "elsewhere"
+    shutil.copytree(io.path_of(cfg, name), elsewhere)
+    for _ in range(2):
+        df.write.format("delta").mode("append").save(str(elsewhere))
+    shutil.copytree(elsewhere, io.path_of(cfg, name), dirs_exist_ok=True)
+    assert io.version(spark, cfg, name) == 4
+    assert io.read(spark, cfg, name).count() == 4
+
+
 def test_tables_conf_lists_are_created_with_deletion_vectors_and_no_others(spark, cfg):
     """``lakehouse.deletion_vectors`` decides which tables a MERGE marks rows in instead of rewriting files:
     the default list, and a deployment that empties it gets plain tables."""
