@@ -35,6 +35,7 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -217,12 +218,27 @@ def _stage_identity(
         cfg.profiles.survivorship,
     )
     out["profiles_delta"] = io.upserts_and_deletes(profiles, gone, "profile_id")
-    for name, df in out.items():
-        with stats.phase(f"stage_{name}"):
-            io.write_staged(df, stage / name)
+    _write_staged_frames(out, stage, stats)
     stats.touched_identifiers = io.read_staged(spark, stage / "graph_delta").count()
     (stage / "base_versions.json").write_text(json.dumps(base))
     (stage / "_COMPLETE").write_text(built_at)
+
+
+def _write_staged_frames(frames: dict[str, DataFrame], stage: Path, stats: IdentityStats) -> None:
+    """Write a batch's staged frames side by side, one thread each. Each write is a few small Spark jobs
+    whose time goes largely to planning, scheduling and file commits on the driver, so they overlap even
+    on 2 cores: in the latency benchmark the six took 6.3 s one after another and 5.3-5.5 s side by side
+    (the profiles' frame, the longest, sets the pace). Parquet writes set no session conf, so nothing
+    leaks between the threads. The phases ``stage_<name>`` are each write's own wall time (they
+    overlap); ``stage`` is the whole."""
+
+    def write(name: str, df: DataFrame) -> None:
+        with stats.phase(f"stage_{name}"):
+            io.write_staged(df, stage / name)
+
+    with stats.phase("stage"), ThreadPoolExecutor(len(frames), thread_name_prefix="converge-stage") as pool:
+        for done in [pool.submit(write, name, df) for name, df in frames.items()]:
+            done.result()  # a failed write raises here
 
 
 def _apply_identity(spark: SparkSession, cfg: Config, stage: Path, app_id: str, batch_id: int) -> int:
