@@ -65,14 +65,27 @@ def _tree_memory_kb(pid: int) -> int:
 
 def run_measured(cmd: list[str], env: dict[str, str]) -> tuple[float, int, subprocess.CompletedProcess]:
     """Run ``cmd``, sampling the peak memory (summed PSS) of its process tree. Output goes to temporary
-    files, not pipes: a child that logs more than a pipe holds (Spark's plan dumps) would block on a pipe nobody reads."""
+    files, not pipes: a child that logs more than a pipe holds (Spark's plan dumps) would block on a pipe nobody reads.
+
+    A PSS sample is not free: the kernel walks the process's page tables, about 50 ms of CPU at 8 GB
+    resident (measured), so about twice that at the identity benchmark's 18 GB. Sampled every 0.2 s, that
+    was about a third of one of this machine's two cores taken from the run being timed (the full identity
+    step took 350 s inside the benchmark at 411de29, where unsampled processes had taken 311-327 s with
+    slower Splink code). So the pause between samples is twenty times what
+    the last sample cost (at least 0.2 s): the sampler stays under 5% of a core. The wall time ends when
+    the run does, not at the next sample."""
     t0 = time.time()
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=err, text=True)
         peak = 0
-        while proc.poll() is None:
+        while True:
+            started = time.time()
             peak = max(peak, _tree_memory_kb(proc.pid))
-            time.sleep(0.2)
+            try:  # returns as soon as the run ends, so the wall time is not rounded up to a pause
+                proc.wait(timeout=max(0.2, 20 * (time.time() - started)))
+                break
+            except subprocess.TimeoutExpired:
+                continue
         out.seek(0)
         err.seek(0)
         return (
