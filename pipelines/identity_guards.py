@@ -204,36 +204,47 @@ def enforce_limits(
     edges: DataFrame,
     limits: dict[str, int],
     priorities: dict[str, int],
+    violating_vertices: DataFrame | None = None,
 ) -> tuple[DataFrame, DataFrame]:
     """``(components, cut_edges)``: components (id, component) with every per-type limit respected.
 
-    ``edges`` has the silver.identity_edges columns.
+    ``edges`` has the silver.identity_edges columns. ``violating_vertices`` (component, id, id_type): the
+    identifiers of the components over a limit, when the caller found them already
+    (``identity.EdgesOnDriver.violating``); otherwise they are found by grouping every component here.
     """
-    # Read three times below, and `violating` derives from it: materialise once (also avoids a self-join).
-    components = components.localCheckpoint()
-    typed = components.withColumn("id_type", identifier_type(F.col("id")))
-    limit_of = F.coalesce(
-        F.element_at(
-            F.create_map(*[x for t, n in limits.items() for x in (F.lit(t), F.lit(n))]), F.col("id_type")
-        ),
-        F.lit(2**31 - 1),
-    )
-    violating = (
-        typed.groupBy("component", "id_type")
-        .agg(F.count(F.lit(1)).alias("n"))
-        .filter(F.col("n") > limit_of)
-        .select("component")
-        .distinct()
-    )
-    violating = violating.localCheckpoint()
     spark = components.sparkSession
+    if violating_vertices is None:
+        # Read three times below, and `violating` derives from it: materialise once (also avoids a
+        # self-join).
+        components = components.localCheckpoint()
+        typed = components.withColumn("id_type", identifier_type(F.col("id")))
+        limit_of = F.coalesce(
+            F.element_at(
+                F.create_map(*[x for t, n in limits.items() for x in (F.lit(t), F.lit(n))]), F.col("id_type")
+            ),
+            F.lit(2**31 - 1),
+        )
+        violating = (
+            typed.groupBy("component", "id_type")
+            .agg(F.count(F.lit(1)).alias("n"))
+            .filter(F.col("n") > limit_of)
+            .select("component")
+            .distinct()
+            .localCheckpoint()
+        )
+        bad_vertices = typed.join(broadcast_if_small(violating), "component")
+    else:
+        bad_vertices = violating_vertices
+        violating = violating_vertices.select("component").distinct().localCheckpoint()
     if violating.isEmpty():  # the common case for a micro-batch's subgraph: nothing to solve
         return components, spark.createDataFrame([], CUT_EDGE_SCHEMA)
-    bad_vertices = typed.join(broadcast_if_small(violating), "component")
     # the edges side gets its own grouping column: both sides derive from `typed`, and a cogroup on the
     # same attribute of one lineage is ambiguous to the analyzer
     bad_edges = edges.join(
-        bad_vertices.select(F.col("id").alias("src"), F.col("component").alias("edge_component")), "src"
+        broadcast_if_small(bad_vertices).select(
+            F.col("id").alias("src"), F.col("component").alias("edge_component")
+        ),
+        "src",
     ).select("edge_component", "src", "dst", "rule", "source_table", "source_record", "first_seen", "score")
 
     if bad_edges.limit(LOCAL_MAX_EDGES + 1).count() <= LOCAL_MAX_EDGES:
@@ -253,6 +264,6 @@ def enforce_limits(
             .localCheckpoint()  # read twice below (labels, cut edges): solve once
         )
     relabelled = solved.filter("kind = 'vertex'").select("id", "component")
-    kept = components.join(violating, "component", "left_anti")
+    kept = components.join(broadcast_if_small(violating), "component", "left_anti")
     cut = solved.filter("kind = 'cut'").select(*CUT_EDGE_COLUMNS)
     return kept.unionByName(relabelled), cut

@@ -20,16 +20,12 @@ until the next full rebuild (the quarantine keeps a component's most-connected i
 
 from __future__ import annotations
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from pipelines import identity as identity_module
 from pipelines.config import IdentityConfig
-from pipelines.identity import IdentityResult, component_id, encode_edges, identity_graph, labels_of
-from pipelines.identity_guards import HUB_SCHEMA, cut_hubs, hubs_on_driver
+from pipelines.identity import EdgesOnDriver, IdentityResult, component_id, fits_on_driver, identity_graph
+from pipelines.identity_guards import cut_hubs
 from pipelines.plans import broadcast_if_small
 
 
@@ -69,7 +65,7 @@ def touched_identifiers(
     )
     if on_driver is not None:
         return on_driver.closure(reached)
-    if _closure_on_driver_for(edge_rows if edge_rows is not None else edges.count()):
+    if fits_on_driver(edge_rows if edge_rows is not None else edges.count()):
         return EdgesOnDriver(edges).closure(reached)
     both = edges.select(F.col("src").alias("id"), F.col("dst").alias("next")).unionByName(
         edges.select(F.col("dst").alias("id"), F.col("src").alias("next"))
@@ -93,58 +89,6 @@ def touched_identifiers(
         reached_rows += frontier_rows
         frontier = step
     raise RuntimeError(f"touched set did not close in {max_rounds} rounds")
-
-
-def _closure_on_driver_for(edge_rows: int) -> bool:
-    local_max = identity_module.LOCAL_COMPONENTS_MAX_EDGES
-    return bool(local_max) and edge_rows <= local_max
-
-
-class EdgesOnDriver:
-    """The whole edge table's two columns on the driver as integer codes (one Arrow transfer, one dictionary
-    encoding: ``identity.encode_edges``), for the two things an incremental update needs of every edge: the
-    hubs (``hubs``, a degree is a global property) and the closure of the seeds (``closure``). At 1,000,000
-    people (5.5 M edges) Spark spent about 10 s counting every identifier's neighbours and 8 s on the closure
-    (its own transfer of the hub-free edges); here both come from one transfer.
-    """
-
-    def __init__(self, edges: DataFrame) -> None:
-        self.spark = edges.sparkSession
-        table = edges.select("src", "dst").toArrow()
-        self.ids, self.codes = encode_edges(
-            table.column("src").combine_chunks(), table.column("dst").combine_chunks()
-        )
-        self.keep: np.ndarray | None = None  # edges without a hub end, once ``hubs`` found some
-
-    def hubs(self, max_degree: dict[str, int]) -> DataFrame:
-        """``(id, degree, bound)``: what ``cut_hubs`` finds on Spark (``hubs_on_driver``); their edges are left
-        out of ``closure`` from now on."""
-        codes, degrees, bounds = hubs_on_driver(self.ids, self.codes, max_degree)
-        if len(codes):
-            hub = np.zeros(len(self.ids), dtype=bool)
-            hub[codes] = True
-            m = len(self.codes) // 2
-            self.keep = ~(hub[self.codes[:m]] | hub[self.codes[m:]])
-        rows = pa.table(
-            {
-                "id": self.ids.take(pa.array(codes)).cast(pa.string()),
-                "degree": pa.array(degrees, pa.int64()),
-                "bound": pa.array(bounds, pa.int32()),
-            }
-        )
-        return self.spark.createDataFrame(rows, HUB_SCHEMA).localCheckpoint()
-
-    def closure(self, starts: DataFrame) -> DataFrame:
-        """``(id)``: ``starts`` (id, distinct) and every identifier in a component that holds one, by SciPy's
-        component labels (what a full rebuild's components use), in one pass instead of a scan of every
-        edge per breadth-first round."""
-        start = starts.select(F.col("id").cast("string")).toArrow().column("id").combine_chunks()
-        if len(self.ids):
-            labels = labels_of(self.codes, len(self.ids), self.keep)
-            codes = pc.index_in(start.cast(self.ids.type), value_set=self.ids).drop_null().to_numpy()
-            connected = self.ids.filter(pa.array(np.isin(labels, labels[codes])))
-            start = pc.unique(pa.concat_arrays([connected.cast(start.type), start]))
-        return self.spark.createDataFrame(pa.table({"id": start}), "id string").localCheckpoint()
 
 
 def update_identity_graph(
@@ -173,7 +117,7 @@ def update_identity_graph(
     """
     # counted from the Delta log's statistics when ``edges`` is the table as read (a stream batch): no scan
     edge_rows = edges.count()
-    on_driver = EdgesOnDriver(edges) if _closure_on_driver_for(edge_rows) else None
+    on_driver = EdgesOnDriver(edges) if fits_on_driver(edge_rows) else None
     kept, hub_cuts, hubs = cut_hubs(edges, max_degree, on_driver.hubs(max_degree) if on_driver else None)
     if on_driver is None:
         kept = kept.localCheckpoint()  # the breadth-first rounds scan it once per round

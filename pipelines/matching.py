@@ -13,6 +13,8 @@ as source.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
@@ -162,9 +164,6 @@ def probabilistic_edges(
     Pairs that share an email or a phone are already linked by deterministic edges and are left out. Email
     and phone are the records' identifiers (``contact_identifiers``), not their raw columns.
     """
-    from splink import Linker
-
-    spark = customers.sparkSession
     records = (
         match_records(customers)
         .drop("email", "phone")
@@ -173,15 +172,25 @@ def probabilistic_edges(
     )
     if conf.training.m_label_column:
         records = records.withColumn("_label", F.col(conf.training.m_label_column))
-    records = records.localCheckpoint()
+    with splink_linker(records.localCheckpoint(), conf) as linker:
+        pairs = train_and_predict(linker, conf, threshold=False).as_spark_dataframe()
+        # materialised here: the pairs read Splink's cached tables, which are released after this
+        return scored_edges(pairs, conf.threshold).localCheckpoint()
+
+
+@contextmanager
+def splink_linker(records: DataFrame, conf: ProbabilisticConfig) -> Iterator[Any]:
+    """A Splink linker on the Spark backend over ``records`` (``RECORD_COLUMNS``); on leaving, every table it
+    cached and every view it registered are released (``_spark_api``)."""
+    from splink import Linker
+
+    spark = records.sparkSession
     # Splink logs every training step, and warns about levels the sample lacks: keep that out of job logs.
     logging.getLogger("splink").setLevel(logging.ERROR)
     views_before = _splink_views(spark)
     db_api = _spark_api(spark)
     try:
-        linker = Linker(db_api.register(records), splink_settings(conf), log_level=None)
-        pairs = train_and_predict(linker, conf, threshold=False).as_spark_dataframe()
-        return _edges_from_pairs(pairs, conf.threshold)
+        yield Linker(db_api.register(records), splink_settings(conf), log_level=None)
     finally:
         for df in reversed(db_api.persisted):  # dependents first: uncaching a base re-caches them
             df.unpersist()
@@ -219,7 +228,7 @@ def _spark_api(spark: SparkSession) -> Any:
         def _break_lineage_and_repartition(
             self, spark_df: DataFrame, templated_name: str, physical_name: str
         ) -> DataFrame:
-            # The scored pairs are read once, by ``_edges_from_pairs``, which keeps those over the threshold
+            # The scored pairs are read once, by ``scored_edges``, which keeps those over the threshold
             # (1 in 14 at 1 M people): shuffling and caching all 4.3 M candidate pairs first is wasted work.
             if templated_name == "__splink__df_predict":
                 return spark_df
@@ -232,21 +241,22 @@ def _spark_api(spark: SparkSession) -> Any:
     return ReleasableSparkAPI(spark_session=spark, break_lineage_method="persist")
 
 
-def _edges_from_pairs(pairs: DataFrame, threshold: float) -> DataFrame:
+def scored_edges(pairs: DataFrame, threshold: float) -> DataFrame:
     """Splink's scored pairs -> edges: those at or above ``threshold``, leaving out pairs already linked by a
-    shared email or phone. Materialised here: the pairs read Splink's cached tables, which are released
-    after this.
+    shared email or phone.
 
     The threshold is applied here, not in Splink's SQL, and above an optimisation barrier: a filter on the
     match probability is pushed by Spark's optimizer below Splink's projections, which inlines every
-    comparison level's CASE into every Bayes factor's and the probability's (68 jaro_winkler calls per pair
-    in the optimized plan instead of 4). At 1 M people (4.3 M candidate pairs) scoring took 56 s that way
-    and 26 s computed once. ``spark_partition_id()`` is non-deterministic to the optimizer, which pushes no
-    filter through a projection that holds one."""
+    comparison level's CASE into every Bayes factor's and the probability's: 260 jaro_winkler calls in the
+    optimized plan instead of 4, in a join condition whose generated code is over 64 KB, so Spark runs it
+    interpreted. ``spark_partition_id()`` is non-deterministic to the optimizer, which pushes no filter
+    through a projection that holds one."""
     same_contact = (F.col("email_l") == F.col("email_r")) | (F.col("phone_l") == F.col("phone_r"))
     return (
         pairs.withColumn("_barrier", F.spark_partition_id())
-        .filter(F.col("match_probability") >= threshold)
+        # the filter names the barrier column: one that no operator above reads is pruned away, and the
+        # projection below the filter would be deterministic again (the barrier had no effect that way)
+        .filter((F.col("match_probability") >= threshold) & (F.col("_barrier") >= 0))
         .filter(~F.coalesce(same_contact, F.lit(False)))
         .select(
             F.least("unique_id_l", "unique_id_r").alias("src"),
@@ -261,5 +271,4 @@ def _edges_from_pairs(pairs: DataFrame, threshold: float) -> DataFrame:
             F.lit(1).cast("long").alias("evidence_count"),
             F.round("match_probability", 6).alias("score"),
         )
-        .localCheckpoint()
     )

@@ -4,9 +4,15 @@ from datetime import datetime
 import pytest
 from chispa import assert_df_equality
 
-from pipelines.identity import build_edges, connected_components, identifier_observations, identity_graph
+from pipelines.identity import (
+    EdgesOnDriver,
+    build_edges,
+    connected_components,
+    identifier_observations,
+    identity_graph,
+)
 from pipelines.identity_guards import cut_hubs
-from pipelines.identity_incremental import EdgesOnDriver, touched_identifiers
+from pipelines.identity_incremental import touched_identifiers
 
 CUSTOMER_SCHEMA = (
     "source_system string, source_id string, user_id string, email string, phone string, "
@@ -290,3 +296,47 @@ def test_per_type_normalizers_apply_before_blocklist_and_linking(spark, cfg):
     assert ids == {"crm_id:C1", "crm_id:C2", "user_id:u1", "email:ann@x.com"}, (
         "trimmed, lower-cased, non-E.164 phone and blocked email dropped"
     )
+
+
+def test_driver_and_spark_resolve_a_random_typed_graph_alike(spark, monkeypatch):
+    """The whole identity graph (hubs, components, limit cuts, size bound, ids) from one transfer of the
+    edges to the driver equals what Spark's jobs find, on a random graph that trips every guard."""
+    rng = random.Random(23)
+    kinds = {"user_id": 60, "email": 90, "anonymous_id": 150, "phone": 40}
+    nodes = [f"{k}:{i}" for k, n in kinds.items() for i in range(n)]
+    pairs = [(rng.choice(nodes), rng.choice(nodes)) for _ in range(330)]
+    pairs += [("phone:0", n) for n in rng.sample(nodes, 12)]  # a hub above max_degree
+    pairs += [(f"anonymous_id:c{i}", f"anonymous_id:c{i + 1}") for i in range(40)]  # oversized: 41 ids
+    edges = spark.createDataFrame(
+        [
+            (a, b, "event:identify", "silver.events", f"m{i}", T.replace(day=1 + i % 28), T, 1, 1.0)
+            for i, (a, b) in enumerate(pairs)
+        ],
+        "src string, dst string, rule string, source_table string, source_record string, "
+        "first_seen timestamp, last_seen timestamp, evidence_count long, score double",
+    )
+    chain = [f"anonymous_id:c{i}" for i in range(41)]
+    obs = spark.createDataFrame([(n,) for n in nodes + chain + ["email:alone"]], "identifier string")
+    args = dict(
+        max_component_size=35,
+        limits={"user_id": 1, "email": 2},
+        priorities={"user_id": 1, "email": 2, "phone": 3, "anonymous_id": 4},
+        max_degree={"phone": 8},
+    )
+
+    def resolved():
+        r = identity_graph(obs, edges, **args)
+        return (
+            sorted(tuple(x) for x in r.graph.collect()),
+            sorted(tuple(x) for x in r.cut_edges.collect()),
+            sorted((x.component_id, x.component_size) for x in r.oversized.collect()),
+        )
+
+    on_driver = resolved()
+    monkeypatch.setattr("pipelines.identity.LOCAL_COMPONENTS_MAX_EDGES", 0)
+    monkeypatch.setattr("pipelines.identity_guards.LOCAL_MAX_EDGES", 0)
+    assert resolved() == on_driver
+    graph, cut, oversized = on_driver
+    published = {g[0] for g in graph}
+    assert {c[-1].split(":")[0] for c in cut} == {"degree", "limit"} and (41,) in {o[1:] for o in oversized}
+    assert "email:alone" in published and "phone:0" not in published
