@@ -415,9 +415,8 @@ class EdgesOnDriver:
     """An edge table's two columns on the driver as integer codes (one Arrow transfer, one dictionary
     encoding: ``encode_edges``), for what the resolver needs of every edge at once: the hubs (``hubs``, a
     degree is a global property), the components (``component_pairs``), the components over a per-type
-    limit (``violating``) and the closure of an incremental update's seeds (``closure``). At 1,000,000
-    people (5.5 M edges) Spark spent about 25 s counting every identifier's neighbours and another 13 s on
-    the distinct edges the components' own transfer took; here all come from one transfer.
+    limit (``violating``) and the closure of an incremental update's seeds (``closure``): at 1,000,000
+    people (5.5 M edges) Spark's jobs for the same took about 26 s more than this one transfer.
 
     ``ascending``: codes in identifier order, so that a component's smallest code is its smallest
     identifier (its label, as Spark's ``least`` orders strings); ``component_pairs`` and ``violating``
@@ -567,7 +566,7 @@ def identity_graph(
     spark = observations.sparkSession
     limits, max_degree = limits or {}, max_degree or {}
     # a graph that fits is solved on the driver from one transfer of its edges: hubs, components and the
-    # components over a limit (1 M people: 44 s of Spark jobs before the components' SciPy pass)
+    # components over a limit (1 M people: edges -> written tables 128 -> 102 s)
     on_driver = None
     if LOCAL_COMPONENTS_MAX_EDGES and fits_on_driver(edges.limit(LOCAL_COMPONENTS_MAX_EDGES + 1).count()):
         on_driver = EdgesOnDriver(edges, ascending=True)
