@@ -386,15 +386,6 @@ def labels_of(codes: np.ndarray, n: int, keep: np.ndarray | None = None) -> np.n
     return scipy_components(graph, directed=False)[1]
 
 
-def component_labels(src: pa.Array, dst: pa.Array, ascending: bool = False) -> tuple[pa.Array, np.ndarray]:
-    """``(ids, labels)``: the distinct identifiers of the edges ``src``-``dst`` (``encode_edges``) and each
-    one's connected component label."""
-    ids, codes = encode_edges(src, dst, ascending)
-    if len(ids) == 0:
-        return ids, np.zeros(0, dtype=np.int32)
-    return ids, labels_of(codes, len(ids))
-
-
 def _local_components(edges: DataFrame) -> DataFrame:
     """(src, dst): every vertex of ``edges`` (src, dst) pointing at its component's smallest id.
 
