@@ -494,17 +494,32 @@ class EdgesOnDriver:
             rows, "component string, id string, id_type string"
         ).localCheckpoint()
 
+    def neighbours(self, of: DataFrame) -> DataFrame:
+        """``(id)``: every identifier that shares an edge with one of ``of`` (id), hub edges included."""
+        _, codes = self._lookup(of)
+        m = len(self.codes) // 2
+        src, dst = self.codes[:m], self.codes[m:]
+        near = np.unique(np.concatenate([dst[np.isin(src, codes)], src[np.isin(dst, codes)]]))
+        rows = pa.table({"id": self.ids.take(pa.array(near, pa.int64())).cast(pa.string())})
+        return self.spark.createDataFrame(rows, "id string").localCheckpoint()
+
     def closure(self, starts: DataFrame) -> DataFrame:
         """``(id)``: ``starts`` (id, distinct) and every identifier in a component that holds one, by SciPy's
         component labels (what a full rebuild's components use), in one pass instead of a scan of every
         edge per breadth-first round."""
-        start = starts.select(F.col("id").cast("string")).toArrow().column("id").combine_chunks()
+        start, codes = self._lookup(starts)
         if len(self.ids):
             labels = labels_of(self.codes, len(self.ids), self.keep)
-            codes = pc.index_in(start.cast(self.ids.type), value_set=self.ids).drop_null().to_numpy()
             connected = self.ids.filter(pa.array(np.isin(labels, labels[codes])))
             start = pc.unique(pa.concat_arrays([connected.cast(start.type), start]))
         return self.spark.createDataFrame(pa.table({"id": start}), "id string").localCheckpoint()
+
+    def _lookup(self, ids: DataFrame) -> tuple[pa.Array, np.ndarray]:
+        """``ids`` (id) on the driver, and the codes of those on some edge."""
+        wanted = ids.select(F.col("id").cast("string")).toArrow().column("id").combine_chunks()
+        if not len(self.ids):
+            return wanted, np.zeros(0, dtype=np.int64)
+        return wanted, pc.index_in(wanted.cast(self.ids.type), value_set=self.ids).drop_null().to_numpy()
 
 
 def _star_components(current: DataFrame, max_iterations: int) -> DataFrame:

@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from pipelines.plans import broadcast_if_small
@@ -28,6 +28,8 @@ CUT_EDGE_SCHEMA = (
     "reason string"
 )
 HUB_SCHEMA = "id string, degree long, bound int"
+# the reason of an edge cut for its hub end; ``hub_of_cut`` reads the hub back
+HUB_REASON = "degree: %s links %d identifiers (max_degree %d)"
 # Violating components up to this many edges in all are solved on the driver: the same results, and on 2
 # cores Spark's per-job and per-group overhead costs seconds where the driver needs milliseconds. Bounded
 # by the driver's memory for the edges as pandas (a few hundred bytes an edge); a cluster with more takes
@@ -162,9 +164,7 @@ def cut_hubs(
     by_dst = edges.join(small.withColumnRenamed("id", "dst"), "dst").join(
         small.select(F.col("id").alias("src")), "src", "left_anti"
     )
-    reason = lambda hub: F.format_string(  # noqa: E731
-        "degree: %s links %d identifiers (max_degree %d)", hub, F.col("degree"), F.col("bound")
-    )
+    reason = lambda hub: F.format_string(HUB_REASON, hub, F.col("degree"), F.col("bound"))  # noqa: E731
     cut = by_src.withColumn("reason", reason(F.col("src"))).unionByName(
         by_dst.withColumn("reason", reason(F.col("dst")))
     )
@@ -172,6 +172,11 @@ def cut_hubs(
         small.select(F.col("id").alias("dst")), "dst", "left_anti"
     )
     return kept, cut.select(*CUT_EDGE_COLUMNS), small
+
+
+def hub_of_cut(reason: Column) -> Column:
+    """The hub a cut edge's ``reason`` names (``HUB_REASON``); empty for an edge cut by a per-type limit."""
+    return F.regexp_extract(reason, r"^degree: (.*) links [0-9]+ identifiers \(max_degree [0-9]+\)$", 1)
 
 
 def hubs_on_driver(

@@ -6,16 +6,15 @@ touched set is closed so that the result equals a full rebuild on the same input
 
 1. Hubs (identifiers over their type's ``max_degree``) are found on the whole edge set, as a full rebuild
    does: a degree is a global property.
-2. Seeds are the identifiers of the new records and those of the last build that no longer exist, plus
-   every identifier of the earlier profiles a seed belonged to (a new hub may split such a profile, and
-   its other parts must be recomputed too).
+2. Seeds are the identifiers of the new records, those of the last build that no longer exist and the
+   neighbours of every new hub (its cut splits the component it was in, published or oversized, and each
+   part holds a neighbour), plus every identifier of the earlier profiles a seed belonged to (an identifier
+   that no longer exists leaves its profile, and the rest of it is recomputed).
 3. The seeds are closed over the (hub-free) edges, limit-cut edges included: the guards solve a whole
    unconstrained component at once, so the closure is the set a full rebuild would solve together.
 
 The touched subgraph then goes through the same ``identity_graph`` (guards, size bound, stable ids); the
-untouched profiles stay live in the registry. One thing a full rebuild does that this does not: when a new
-hub splits a component that was quarantined as oversized, the parts that no seed reaches stay quarantined
-until the next full rebuild (the quarantine keeps a component's most-connected identifiers, not all).
+untouched profiles stay live in the registry.
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ from pyspark.sql import functions as F
 
 from pipelines.config import IdentityConfig
 from pipelines.identity import EdgesOnDriver, IdentityResult, component_id, fits_on_driver, identity_graph
-from pipelines.identity_guards import cut_hubs
+from pipelines.identity_guards import cut_hubs, hub_of_cut
 from pipelines.plans import broadcast_if_small
 
 
@@ -91,6 +90,19 @@ def touched_identifiers(
     raise RuntimeError(f"touched set did not close in {max_rounds} rounds")
 
 
+def new_hub_neighbours(new_hubs: DataFrame, edges: DataFrame, on_driver: EdgesOnDriver | None) -> DataFrame:
+    """``(id)``: the identifiers that share an edge with one of ``new_hubs`` (id, a few)."""
+    if on_driver is not None:
+        return on_driver.neighbours(new_hubs)
+    hub = broadcast_if_small(new_hubs)
+    return (
+        edges.join(hub.withColumnRenamed("id", "src"), "src")
+        .select(F.col("dst").alias("id"))
+        .unionByName(edges.join(hub.withColumnRenamed("id", "dst"), "dst").select(F.col("src").alias("id")))
+        .distinct()
+    )
+
+
 def update_identity_graph(
     observations: DataFrame,
     edges: DataFrame,
@@ -129,6 +141,15 @@ def update_identity_graph(
         seeds = seeds.unionByName(
             previous.select(F.col("identifier").alias("id")).join(vertices, "id", "left_anti")
         )
+    # a new hub (over its bound only now) splits the component it was in, published or quarantined as
+    # oversized, and every part holds one of its neighbours: they are seeds too (old hubs' are not: their
+    # components were solved without them)
+    old_hubs = previous_cut.filter(F.col("reason").startswith("degree:")).select(
+        hub_of_cut(F.col("reason")).alias("id")
+    )
+    new_hubs = hubs.select("id").join(old_hubs, "id", "left_anti").localCheckpoint()
+    if not new_hubs.isEmpty():
+        seeds = seeds.unionByName(new_hub_neighbours(new_hubs, edges, on_driver))
     seeds = seeds.join(hubs, "id", "left_anti").distinct()
     touched = touched_identifiers(
         seeds,

@@ -340,3 +340,84 @@ def test_driver_and_spark_resolve_a_random_typed_graph_alike(spark, monkeypatch)
     published = {g[0] for g in graph}
     assert {c[-1].split(":")[0] for c in cut} == {"degree", "limit"} and (41,) in {o[1:] for o in oversized}
     assert "email:alone" in published and "phone:0" not in published
+
+
+@pytest.mark.parametrize("max_size", [35, 4], ids=["published", "oversized"])
+def test_incremental_update_splits_the_component_of_a_new_hub(spark, solver, max_size):
+    """New events push a phone over its max_degree: the component it held together (a published profile,
+    or one quarantined as oversized) falls apart into parts no new record touches, and the incremental
+    update must split it as a full rebuild does."""
+    from pipelines.identity_incremental import update_identity_graph
+
+    def edges(pairs):
+        return spark.createDataFrame(
+            [
+                (a, b, "event:identify", "silver.events", f"m{i}", T, T, 1, 1.0)
+                for i, (a, b) in enumerate(pairs)
+            ],
+            "src string, dst string, rule string, source_table string, source_record string, "
+            "first_seen timestamp, last_seen timestamp, evidence_count long, score double",
+        )
+
+    def ids(pairs):
+        return spark.createDataFrame(sorted({(x,) for p in pairs for x in p}), "identifier string")
+
+    old = [("user_id:u1", "phone:h"), ("anonymous_id:a1", "phone:h"), ("user_id:u1", "email:e1")]
+    old += [("anonymous_id:a1", "anonymous_id:a5")]
+    new = [("anonymous_id:a2", "phone:h"), ("anonymous_id:a3", "phone:h")]  # phone:h: 4 neighbours, max 3
+    limits, priorities = {"user_id": 1}, {"user_id": 1, "email": 2, "phone": 3, "anonymous_id": 4}
+    max_degree = {"phone": 3}
+    first = identity_graph(
+        ids(old),
+        edges(old),
+        max_size,
+        limits,
+        priorities,
+        built_at="2026-11-01 00:00:00",
+        max_degree=max_degree,
+    )
+    g1, reg1 = first.graph.localCheckpoint(), first.registry.localCheckpoint()
+    cut1, over1 = first.cut_edges.localCheckpoint(), first.oversized.localCheckpoint()
+    published_before = {r.identifier for r in g1.collect()}
+    assert ("phone:h" in published_before) == (max_size == 35) and (over1.count() == (max_size == 4))
+
+    both = old + new
+    full = identity_graph(
+        ids(both), edges(both), max_size, limits, priorities, g1, reg1, "2026-11-02 00:00:00", max_degree
+    )
+    inc = update_identity_graph(
+        ids(both),
+        edges(both),
+        ids(new),
+        g1,
+        cut1,
+        over1,
+        reg1,
+        max_size,
+        limits,
+        priorities,
+        max_degree,
+        "2026-11-02 00:00:00",
+    )
+
+    def rows(df, cols):
+        return sorted(tuple(r) for r in df.select(*cols).collect())
+
+    graph_cols = ["identifier", "profile_id", "component_size"]
+    assert rows(inc.graph, graph_cols) == rows(full.graph, graph_cols)
+    members = {}
+    for ident, pid, _ in rows(full.graph, graph_cols):
+        members.setdefault(pid, set()).add(ident)
+    assert sorted(map(sorted, members.values())) == [
+        ["anonymous_id:a1", "anonymous_id:a5"],
+        ["anonymous_id:a2"],
+        ["anonymous_id:a3"],
+        ["email:e1", "user_id:u1"],
+    ]
+    assert rows(inc.oversized, ["component_id"]) == rows(full.oversized, ["component_id"]) == []
+    cut_cols = ["src", "dst", "reason"]
+    assert rows(inc.cut_edges, cut_cols) == rows(full.cut_edges, cut_cols)
+    change_cols = ["event", "from_profile_id", "into_profile_id", "identifiers_moved"]
+    assert rows(inc.changes, change_cols) == rows(full.changes, change_cols)
+    reg_cols = ["profile_id", "created_at", "retired_at", "retired_into"]
+    assert rows(inc.registry, reg_cols) == rows(full.registry, reg_cols)
