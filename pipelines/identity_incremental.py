@@ -6,9 +6,9 @@ touched set is closed so that the result equals a full rebuild on the same input
 
 1. Hubs (identifiers over their type's ``max_degree``) are found on the whole edge set, as a full rebuild
    does: a degree is a global property.
-2. Seeds are the identifiers of the new records, those of the last build that no longer exist and the
+2. Seeds are the identifiers of the new records, those of the last build that no longer exist, the
    neighbours of every new hub (its cut splits the component it was in, published or oversized, and each
-   part holds a neighbour), plus every identifier of the earlier profiles a seed belonged to (an identifier
+   part holds a neighbour) and every hub of the last build that is one no more, plus every identifier of the earlier profiles a seed belonged to (an identifier
    that no longer exists leaves its profile, and the rest of it is recomputed).
 3. The seeds are closed over the (hub-free) edges, limit-cut edges included: the guards solve a whole
    unconstrained component at once, so the closure is the set a full rebuild would solve together.
@@ -141,15 +141,20 @@ def update_identity_graph(
         seeds = seeds.unionByName(
             previous.select(F.col("identifier").alias("id")).join(vertices, "id", "left_anti")
         )
-    # a new hub (over its bound only now) splits the component it was in, published or quarantined as
-    # oversized, and every part holds one of its neighbours: they are seeds too (old hubs' are not: their
-    # components were solved without them)
-    old_hubs = previous_cut.filter(F.col("reason").startswith("degree:")).select(
-        hub_of_cut(F.col("reason")).alias("id")
+    # A new hub (over its bound only now) splits the component it was in, published or quarantined as
+    # oversized, and every part holds one of its neighbours: they are seeds (old hubs' are not: their
+    # components were solved without them). An old hub that is one no more (a deletion lowered its degree,
+    # or its bound was raised) links its neighbours again: it is a seed, and the closure reaches them.
+    old_hubs = (
+        previous_cut.filter(F.col("reason").startswith("degree:"))
+        .select(hub_of_cut(F.col("reason")).alias("id"))
+        .distinct()
+        .localCheckpoint()
     )
     new_hubs = hubs.select("id").join(old_hubs, "id", "left_anti").localCheckpoint()
     if not new_hubs.isEmpty():
         seeds = seeds.unionByName(new_hub_neighbours(new_hubs, edges, on_driver))
+    seeds = seeds.unionByName(old_hubs.join(hubs, "id", "left_anti"))
     seeds = seeds.join(hubs, "id", "left_anti").distinct()
     touched = touched_identifiers(
         seeds,

@@ -48,9 +48,14 @@ def _union_find(nodes, edges):
 def solver(request, monkeypatch):
     """Run a test with small graphs solved on the driver (the default) and with Spark's distributed path."""
     if request.param == "distributed":
-        monkeypatch.setattr("pipelines.identity.LOCAL_COMPONENTS_MAX_EDGES", 0)
-        monkeypatch.setattr("pipelines.identity_guards.LOCAL_MAX_EDGES", 0)
+        _distributed(monkeypatch)
     return request.param
+
+
+def _distributed(monkeypatch):
+    """Every graph goes through Spark's jobs, however small."""
+    monkeypatch.setattr("pipelines.identity.LOCAL_COMPONENTS_MAX_EDGES", 0)
+    monkeypatch.setattr("pipelines.identity_guards.LOCAL_MAX_EDGES", 0)
 
 
 def test_connected_components_match_union_find_on_random_graphs(spark, solver):
@@ -333,8 +338,7 @@ def test_driver_and_spark_resolve_a_random_typed_graph_alike(spark, monkeypatch)
         )
 
     on_driver = resolved()
-    monkeypatch.setattr("pipelines.identity.LOCAL_COMPONENTS_MAX_EDGES", 0)
-    monkeypatch.setattr("pipelines.identity_guards.LOCAL_MAX_EDGES", 0)
+    _distributed(monkeypatch)
     assert resolved() == on_driver
     graph, cut, oversized = on_driver
     published = {g[0] for g in graph}
@@ -342,12 +346,39 @@ def test_driver_and_spark_resolve_a_random_typed_graph_alike(spark, monkeypatch)
     assert "email:alone" in published and "phone:0" not in published
 
 
-@pytest.mark.parametrize("max_size", [35, 4], ids=["published", "oversized"])
-def test_incremental_update_splits_the_component_of_a_new_hub(spark, solver, max_size):
-    """New events push a phone over its max_degree: the component it held together (a published profile,
-    or one quarantined as oversized) falls apart into parts no new record touches, and the incremental
-    update must split it as a full rebuild does."""
+_HUB_EDGES = [("user_id:u1", "phone:h"), ("anonymous_id:a1", "phone:h"), ("user_id:u1", "email:e1")]
+_HUB_EDGES += [("anonymous_id:a1", "anonymous_id:a5")]
+_MORE_ON_HUB = [("anonymous_id:a2", "phone:h"), ("anonymous_id:a3", "phone:h")]  # phone:h: 4 neighbours
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        # new events push phone:h over its max_degree (3): the profile it held together falls apart
+        dict(old=_HUB_EDGES, new=_MORE_ON_HUB, max_size=35, degree=(3, 3), parts=4),
+        # the same, the component having been quarantined as oversized (5 identifiers, bound 4)
+        dict(old=_HUB_EDGES, new=_MORE_ON_HUB, max_size=4, degree=(3, 3), parts=4),
+        # the same on Spark's path (hubs, neighbours and closure without the driver)
+        dict(old=_HUB_EDGES, new=_MORE_ON_HUB, max_size=4, degree=(3, 3), parts=4, distributed=True),
+        # phone:h was a hub and no longer is (its bound raised; a deletion can lower a degree too): the
+        # parts it links are one profile again, though no new record touches them
+        dict(
+            old=_HUB_EDGES + _MORE_ON_HUB,
+            new=[("anonymous_id:a9", "email:e9")],
+            max_size=35,
+            degree=(3, 4),
+            parts=2,
+        ),
+    ],
+    ids=["new hub, published", "new hub, oversized", "new hub, oversized, on Spark", "hub no more"],
+)
+def test_incremental_update_follows_a_hub_that_comes_or_goes(spark, monkeypatch, case):
+    """When an identifier becomes a hub or stops being one, components change that no new record touches;
+    the incremental update must find them and equal a full rebuild."""
     from pipelines.identity_incremental import update_identity_graph
+
+    if case.get("distributed"):
+        _distributed(monkeypatch)
 
     def edges(pairs):
         return spark.createDataFrame(
@@ -362,11 +393,9 @@ def test_incremental_update_splits_the_component_of_a_new_hub(spark, solver, max
     def ids(pairs):
         return spark.createDataFrame(sorted({(x,) for p in pairs for x in p}), "identifier string")
 
-    old = [("user_id:u1", "phone:h"), ("anonymous_id:a1", "phone:h"), ("user_id:u1", "email:e1")]
-    old += [("anonymous_id:a1", "anonymous_id:a5")]
-    new = [("anonymous_id:a2", "phone:h"), ("anonymous_id:a3", "phone:h")]  # phone:h: 4 neighbours, max 3
+    old, new, max_size = case["old"], case["new"], case["max_size"]
     limits, priorities = {"user_id": 1}, {"user_id": 1, "email": 2, "phone": 3, "anonymous_id": 4}
-    max_degree = {"phone": 3}
+    degree_before, degree_after = ({"phone": d} for d in case["degree"])
     first = identity_graph(
         ids(old),
         edges(old),
@@ -374,17 +403,14 @@ def test_incremental_update_splits_the_component_of_a_new_hub(spark, solver, max
         limits,
         priorities,
         built_at="2026-11-01 00:00:00",
-        max_degree=max_degree,
+        max_degree=degree_before,
     )
     g1, reg1 = first.graph.localCheckpoint(), first.registry.localCheckpoint()
     cut1, over1 = first.cut_edges.localCheckpoint(), first.oversized.localCheckpoint()
-    published_before = {r.identifier for r in g1.collect()}
-    assert ("phone:h" in published_before) == (max_size == 35) and (over1.count() == (max_size == 4))
 
     both = old + new
-    full = identity_graph(
-        ids(both), edges(both), max_size, limits, priorities, g1, reg1, "2026-11-02 00:00:00", max_degree
-    )
+    at = "2026-11-02 00:00:00"
+    full = identity_graph(ids(both), edges(both), max_size, limits, priorities, g1, reg1, at, degree_after)
     inc = update_identity_graph(
         ids(both),
         edges(both),
@@ -396,8 +422,8 @@ def test_incremental_update_splits_the_component_of_a_new_hub(spark, solver, max
         max_size,
         limits,
         priorities,
-        max_degree,
-        "2026-11-02 00:00:00",
+        degree_after,
+        at,
     )
 
     def rows(df, cols):
@@ -408,12 +434,9 @@ def test_incremental_update_splits_the_component_of_a_new_hub(spark, solver, max
     members = {}
     for ident, pid, _ in rows(full.graph, graph_cols):
         members.setdefault(pid, set()).add(ident)
-    assert sorted(map(sorted, members.values())) == [
-        ["anonymous_id:a1", "anonymous_id:a5"],
-        ["anonymous_id:a2"],
-        ["anonymous_id:a3"],
-        ["email:e1", "user_id:u1"],
-    ]
+    assert len(members) == case["parts"] and len(rows(full.graph, graph_cols)) == len(
+        {x for p in both for x in p}
+    ) - (case["degree"][1] == 3)  # everyone is published but a hub
     assert rows(inc.oversized, ["component_id"]) == rows(full.oversized, ["component_id"]) == []
     cut_cols = ["src", "dst", "reason"]
     assert rows(inc.cut_edges, cut_cols) == rows(full.cut_edges, cut_cols)
