@@ -108,8 +108,9 @@ def incremental(run: Path) -> None:
     new_obs = identifier_observations(
         customers.limit(0), new_events, cfg.identity.blocklist, cfg.identity.normalizers, known_events=known
     ).localCheckpoint()
-    # the new events' edges MERGEd into the table, as a stream batch does
-    add_edges(spark, cfg, new_obs)
+    # the new events' edges MERGEd into the table, and those of earlier aliases they re-read rebuilt, as a
+    # stream batch does
+    retyped = add_edges(spark, cfg, new_obs, new_events=new_events, events=known, customers=customers)
     edges = io.read(spark, cfg, "silver.identity_edges")
     result = incremental_identity(
         new_obs,
@@ -120,6 +121,7 @@ def incremental(run: Path) -> None:
         spark.read.parquet(str(state / "registry")),
         cfg.identity,
         "2026-11-02 00:00:00",
+        retyped,
     )
     result.graph.write.mode("overwrite").parquet(str(run / "state_inc/graph"))
     touched = result.changes.count()

@@ -9,7 +9,7 @@ strangers together; a component larger than the size bound is quarantined instea
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -106,25 +106,10 @@ def identifier_observations(
     ``customers`` None: events alone (a stream's micro-batch).
     """
 
-    def normalize(id_type: F.Column, value: F.Column) -> F.Column:
-        out = value
-        for t, how in (normalizers or {}).items():
-            out = F.when(id_type == t, _normalized(value, how)).otherwise(out)
-        return out
-
-    ev = _observe(
+    normalize = _type_normalizer(normalizers)
+    ev = _event_observations(
         _alias_types(events, events if known_events is None else known_events),
-        [
-            (F.col("_user_id_type"), "user_id"),
-            ("anonymous_id", "anonymous_id"),
-            (F.col("_previous_id_type"), "previous_id"),
-            ("email", "trait_email"),
-            ("phone", "trait_phone"),
-        ],
-        F.concat(F.lit("event:"), F.col("type")),
-        "silver.events",
-        F.col("message_id"),
-        F.col("event_time"),
+        [(F.col("_user_id_type"), "user_id"), (F.col("_previous_id_type"), "previous_id")],
         normalize,
     )
     obs = ev if customers is None else _customer_observations(customers, normalize).unionByName(ev)
@@ -134,18 +119,98 @@ def identifier_observations(
     return obs.filter(~is_blocked).select(*OBSERVATION_COLUMNS)
 
 
+def _type_normalizer(normalizers: dict[str, str] | None) -> Callable[[F.Column, F.Column], F.Column]:
+    """``normalize(id_type, value)``: the conf's normaliser of the value's type."""
+
+    def normalize(id_type: F.Column, value: F.Column) -> F.Column:
+        out = value
+        for t, how in (normalizers or {}).items():
+            out = F.when(id_type == t, _normalized(value, how)).otherwise(out)
+        return out
+
+    return normalize
+
+
+def _event_observations(
+    events: DataFrame,
+    alias_ids: Sequence[tuple[str | F.Column, str]],
+    normalize: Callable[[F.Column, F.Column], F.Column],
+) -> DataFrame:
+    """An event's anonymousId and identify traits' email and phone, plus ``alias_ids``: how its userId and
+    previousId read (``_alias_types``), or several readings of them."""
+    return _observe(
+        events,
+        [*alias_ids, *_EVENT_IDS],
+        F.concat(F.lit("event:"), F.col("type")),
+        "silver.events",
+        F.col("message_id"),
+        F.col("event_time"),
+        normalize,
+    )
+
+
+# (identifier type, column) of every event and CRM record besides an event's userId and previousId, whose
+# type depends on the other events (``_alias_types``)
+_EVENT_IDS: list[tuple[str | F.Column, str]] = [
+    ("anonymous_id", "anonymous_id"),
+    ("email", "trait_email"),
+    ("phone", "trait_phone"),
+]
+
+
+def _customer_ids() -> list[tuple[str | F.Column, str]]:
+    """A CRM record's own id (``<system>_id``), email, phone and linked web user id."""
+    return [
+        (F.concat(F.col("source_system"), F.lit("_id")), "source_id"),
+        ("email", "email"),
+        ("phone", "phone"),
+        ("user_id", "user_id"),
+    ]
+
+
+def records_holding(
+    customers: DataFrame | None, events: DataFrame, identifiers: list[str], normalizers: dict[str, str]
+) -> tuple[DataFrame | None, DataFrame]:
+    """``(customers, events)``: the records that hold one of ``identifiers`` (a few hundred at most: they
+    make an IN list), an event's userId and previousId each read as a user id and as an anonymous id,
+    blocklists aside: a superset of those that do, with one scan of each table and no shuffle."""
+    normalize = _type_normalizer(normalizers)
+
+    def holds(pairs: Sequence[tuple[str | F.Column, str]]) -> F.Column:
+        out = F.lit(False)
+        for t, c in pairs:
+            id_type = F.lit(t) if isinstance(t, str) else t
+            out = out | F.concat_ws(":", id_type, normalize(id_type, F.col(c).cast("string"))).isin(
+                identifiers
+            )
+        return out
+
+    readings: list[tuple[str | F.Column, str]] = [
+        (t, c) for c in ("user_id", "previous_id") for t in ("user_id", "anonymous_id")
+    ]
+    held = events.filter(holds([*readings, *_EVENT_IDS]))
+    return (None if customers is None else customers.filter(holds(_customer_ids()))), held
+
+
+def known_for(events: DataFrame, aliases: DataFrame) -> DataFrame:
+    """The ``events`` that decide how the alias calls among ``aliases`` (a few) read (``_alias_types``): those
+    using an alias's userId as anonymousId, or its previousId as the userId of a non-alias event. One scan
+    with two IN lists instead of the joins of every event that ``_alias_types`` makes; materialised."""
+    calls = aliases.filter(F.col("type") == "alias").select("user_id", "previous_id").collect()
+    users = sorted({r.user_id for r in calls if r.user_id is not None})
+    previous = sorted({r.previous_id for r in calls if r.previous_id is not None})
+    return events.filter(
+        F.col("anonymous_id").isin(users) | ((F.col("type") != "alias") & F.col("user_id").isin(previous))
+    ).localCheckpoint()
+
+
 def _customer_observations(
     customers: DataFrame, normalize: Callable[[F.Column, F.Column], F.Column]
 ) -> DataFrame:
-    """A CRM record's own id (``<system>_id``), email, phone and linked web user id."""
+    """The identifiers of CRM records (``_customer_ids``)."""
     return _observe(
         customers,
-        [
-            (F.concat(F.col("source_system"), F.lit("_id")), "source_id"),
-            ("email", "email"),
-            ("phone", "phone"),
-            ("user_id", "user_id"),
-        ],
+        _customer_ids(),
         F.concat(F.lit("crm_record:"), F.col("source_system")),
         "silver.customers",
         F.concat_ws(":", "source_system", "source_id"),

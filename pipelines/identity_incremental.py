@@ -19,13 +19,155 @@ untouched profiles stay live in the registry.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from pipelines.config import IdentityConfig
-from pipelines.identity import EdgesOnDriver, IdentityResult, component_id, fits_on_driver, identity_graph
+from pipelines.identity import (
+    EDGE_KEYS,
+    EdgesOnDriver,
+    IdentityResult,
+    build_edges,
+    component_id,
+    fits_on_driver,
+    identifier_observations,
+    identity_graph,
+    known_for,
+    merge_edges,
+    records_holding,
+)
 from pipelines.identity_guards import cut_hubs, hub_of_cut
+from pipelines.io import upserts_and_deletes
 from pipelines.plans import broadcast_if_small
+
+
+@dataclass
+class Retyped:
+    """Earlier alias events that new events read differently (``retyped_edges``)."""
+
+    identifiers: DataFrame  # (identifier) of those aliases, as read before and as read now
+    edges: DataFrame  # every deterministic edge touching one of them, rebuilt from every record
+    vanished: DataFrame  # (identifier) of those read before that no record holds any more
+
+
+def retyped_edges(
+    new_events: DataFrame, events: DataFrame, customers: DataFrame | None, identity: IdentityConfig
+) -> Retyped | None:
+    """What the ``new_events`` change in how earlier alias events read, or None (the usual case).
+
+    An alias's previousId reads as a user id once some non-alias event has used it as userId, and its
+    userId as an anonymous id once some event has used it as anonymousId (``identity._alias_types``). An
+    event that comes after the alias (a late identify, say) can do that, and the alias's identifiers, and
+    the edges stored with them, are then not those a rebuild finds. Every edge touching one of the
+    alias's identifiers (read either way) comes from a record holding one, so rebuilding those records'
+    edges and putting them in place of the stored ones touching those identifiers (``edge_replacement``)
+    gives what a rebuild has. ``events`` are all events, the new included; ``customers`` all CRM records.
+
+    The check is one scan of the events for the new events' ids (a few thousand values); only when an
+    alias reads otherwise now are the records holding its identifiers found (a scan of each table) and
+    observed again.
+    """
+    is_alias = F.col("type") == "alias"
+    spark = events.sparkSession
+    fresh = new_events.select("message_id", "type", "user_id", "anonymous_id").toArrow().to_pandas()
+    as_user = set(fresh.loc[fresh["type"] != "alias", "user_id"].dropna())  # a batch: a few thousand
+    as_anon = set(fresh["anonymous_id"].dropna())
+    if not as_user and not as_anon:
+        return None
+    # one scan, three broadcast lookups: the aliases the new values touch and the other uses of those values
+    # (an IN list of a few thousand values took about 4 s to plan at 1 M people; this scan about 2.5 s)
+    values = spark.createDataFrame(
+        [(v, v in as_user, v in as_anon) for v in sorted(as_user | as_anon)],
+        "v string, user boolean, anon boolean",
+    )
+
+    def flags(column: str, **named: str) -> DataFrame:
+        return F.broadcast(
+            values.select(F.col("v").alias(column), *[F.col(f).alias(n) for n, f in named.items()])
+        )
+
+    hit = lambda c: F.coalesce(F.col(c), F.lit(False))  # noqa: E731
+    near = (
+        events.select(*_ALIAS_COLUMNS)
+        .join(flags("previous_id", _p_user="user"), "previous_id", "left")
+        .join(flags("user_id", _u_user="user", _u_anon="anon"), "user_id", "left")
+        .join(flags("anonymous_id", _a_anon="anon"), "anonymous_id", "left")
+        .filter(
+            (is_alias & (hit("_p_user") | hit("_u_anon"))) | (~is_alias & hit("_u_user")) | hit("_a_anon")
+        )
+        .select(*_ALIAS_COLUMNS)
+        .toArrow()
+    )
+    rows = near.select(["message_id", "type", "user_id", "anonymous_id", "previous_id"]).to_pandas()
+    earlier = ~rows["message_id"].isin(set(fresh["message_id"]))  # what the stored edges were read with
+    alias = (rows["type"] == "alias") & earlier
+    users_before = set(rows.loc[earlier & (rows["type"] != "alias"), "user_id"].dropna())
+    anons_before = set(rows.loc[earlier, "anonymous_id"].dropna())
+    # an alias reads otherwise now if a new event used its previousId as userId (its userId as
+    # anonymousId) and no earlier event had
+    reread = alias & (
+        (rows["previous_id"].isin(as_user) & ~rows["previous_id"].isin(users_before))
+        | (rows["user_id"].isin(as_anon) & ~rows["user_id"].isin(anons_before))
+    )
+    if not reread.any():
+        return None
+    blocklist, normalizers = identity.blocklist, identity.normalizers
+    records = spark.createDataFrame(near.filter(pa.array(reread.to_numpy())))
+    now = known_for(events, records)
+    then = now.join(F.broadcast(spark.createDataFrame(fresh[["message_id"]])), "message_id", "left_anti")
+    ids = sorted(
+        {
+            r.identifier
+            for known in (now, then)
+            for r in identifier_observations(None, records, blocklist, normalizers, known).collect()
+        }
+    )
+    holding_customers, holding_events = records_holding(customers, events, ids, normalizers)
+    holding_events = holding_events.localCheckpoint()
+    observed = identifier_observations(
+        holding_customers, holding_events, blocklist, normalizers, known_for(events, holding_events)
+    ).localCheckpoint()
+    rebuilt = merge_edges(build_edges(observed, identity.priorities))
+    wanted = spark.createDataFrame([(i,) for i in ids], "identifier string").localCheckpoint()
+    vanished = wanted.join(observed.select("identifier"), "identifier", "left_anti").localCheckpoint()
+    return Retyped(wanted, touching(rebuilt, wanted).localCheckpoint(), vanished)
+
+
+# what reading an alias call takes (``identity._alias_types``, ``identity._observe``)
+_ALIAS_COLUMNS = [
+    "message_id",
+    "type",
+    "user_id",
+    "anonymous_id",
+    "previous_id",
+    "trait_email",
+    "trait_phone",
+    "event_time",
+]
+
+
+def touching(edges: DataFrame, ids: DataFrame) -> DataFrame:
+    """The ``edges`` with an end in ``ids`` (identifier, few)."""
+    small = broadcast_if_small(ids.select(F.col("identifier").alias("_end"), F.lit(True).alias("_hit")))
+    return (
+        edges.join(small.withColumnRenamed("_end", "src").withColumnRenamed("_hit", "_s"), "src", "left")
+        .join(small.withColumnRenamed("_end", "dst").withColumnRenamed("_hit", "_d"), "dst", "left")
+        .filter(F.col("_s").isNotNull() | F.col("_d").isNotNull())
+        .select(*edges.columns)
+    )
+
+
+def edge_replacement(stored: DataFrame, retyped: Retyped) -> DataFrame:
+    """What a MERGE on ``EDGE_KEYS`` (``_delete`` flag: ``io.upserts_and_deletes``) needs to put
+    ``retyped.edges`` in place of the ``stored`` edges touching the re-read identifiers. Probabilistic edges,
+    between CRM records, stay: they touch no identifier of an event."""
+    stale = touching(stored, retyped.identifiers).filter(~F.col("rule").startswith("probabilistic:"))
+    rebuilt = retyped.edges.select(*stored.columns)
+    gone = stale.select(*EDGE_KEYS).join(rebuilt.select(*EDGE_KEYS), EDGE_KEYS, "left_anti")
+    return upserts_and_deletes(rebuilt, gone, EDGE_KEYS)
 
 
 def touched_identifiers(
@@ -213,25 +355,36 @@ def incremental_identity(
     registry: DataFrame,
     identity: IdentityConfig,
     built_at: str,
+    retyped: Retyped | None = None,
 ) -> IdentityResult:
     """The identity tables after new records, from what the last build stored.
 
     ``new_observations`` are the identifier observations of the new records (events of a micro-batch, a
-    daily load); ``edges`` the complete edge table, the new records' edges merged in (``merge_edges``).
-    The vertices are every identifier the last graph published, the new ones, and those only edges name
-    (hubs, oversized components).
+    daily load); ``edges`` the complete edge table, the new records' edges merged in (``merge_edges``) and,
+    when the new records re-read earlier aliases (``retyped``), their edges replaced (``edge_replacement``).
+    The vertices are every identifier the last graph published but those no record holds any more, the new
+    ones, and those only edges name (hubs, oversized components).
     """
+    changed = new_observations.select("identifier")
+    if retyped is not None:
+        previous_ids = previous.select("identifier").join(
+            broadcast_if_small(retyped.vanished), "identifier", "left_anti"
+        )
+        # the re-read identifiers' components, earlier and now, are recomputed (a vanished one's earlier
+        # profile included: it is a seed, as the earlier graph has it)
+        changed = changed.unionByName(retyped.identifiers)
+    else:
+        previous_ids = previous.select("identifier")
     # not deduplicated: only the touched part is ever used, and identity_graph deduplicates that
     vertices = (
-        previous.select("identifier")
-        .unionByName(new_observations.select("identifier"))
+        previous_ids.unionByName(new_observations.select("identifier"))
         .unionByName(edges.select(F.col("src").alias("identifier")))
         .unionByName(edges.select(F.col("dst").alias("identifier")))
     )
     return update_identity_graph(
         vertices,
         edges,
-        new_observations.select("identifier"),
+        changed,
         previous,
         previous_cut,
         previous_oversized,

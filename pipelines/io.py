@@ -276,11 +276,13 @@ def merge_upsert(
     return _merge(df, cfg, name, keys, txn_app_id, txn_version, clauses, counted=("num_affected_rows",))
 
 
-def upserts_and_deletes(rows: DataFrame, deleted_keys: DataFrame, key: str) -> DataFrame:
-    """``rows`` to upsert and the ``key`` values to delete, as one MERGE source with a ``_delete`` flag."""
+def upserts_and_deletes(rows: DataFrame, deleted_keys: DataFrame, key: str | Sequence[str]) -> DataFrame:
+    """``rows`` to upsert and the keys (``key``: a column or several) to delete, as one MERGE source with a
+    ``_delete`` flag."""
+    keys = [key] if isinstance(key, str) else list(key)
     deletes = deleted_keys.select(
         *[
-            F.col(key) if c == key else F.lit(None).cast(rows.schema[c].dataType).alias(c)
+            F.col(c) if c in keys else F.lit(None).cast(rows.schema[c].dataType).alias(c)
             for c in rows.columns
         ],
         F.lit(True).alias("_delete"),

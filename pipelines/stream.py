@@ -49,7 +49,7 @@ from pipelines import io
 from pipelines.config import Config
 from pipelines.identity import EDGE_KEYS, EDGE_UPSERT_SET, build_edges, identifier_observations, merge_edges
 from pipelines.identity_guards import CUT_EDGE_SCHEMA
-from pipelines.identity_incremental import incremental_identity
+from pipelines.identity_incremental import Retyped, edge_replacement, incremental_identity, retyped_edges
 from pipelines.ingest import BatchStats, process_event_batch
 from pipelines.plans import broadcast_if_small
 from pipelines.profile_ids import MERGES_SCHEMA, REGISTRY_SCHEMA
@@ -168,10 +168,16 @@ def _ensure_identity_tables(spark: SparkSession, cfg: Config) -> None:
 
 
 def _stage_identity(
-    spark: SparkSession, cfg: Config, obs: DataFrame, stage: Path, built_at: str, stats: IdentityStats
+    spark: SparkSession,
+    cfg: Config,
+    obs: DataFrame,
+    stage: Path,
+    built_at: str,
+    stats: IdentityStats,
+    retyped: Retyped | None = None,
 ) -> None:
-    """Compute the identity update of the new events' identifier observations ``obs`` and write it to
-    ``stage`` (complete when _COMPLETE)."""
+    """Compute the identity update of the new events' identifier observations ``obs`` (and of the aliases
+    they re-read, ``retyped``) and write it to ``stage`` (complete when _COMPLETE)."""
     shutil.rmtree(stage, ignore_errors=True)
     base = io.versions(spark, cfg, GOLD_TABLES)
     silver = io.read(spark, cfg, "silver.events")
@@ -185,6 +191,7 @@ def _stage_identity(
             io.read(spark, cfg, "gold.profile_ids"),
             cfg.identity,
             built_at,
+            retyped,
         )
     assert result.touched is not None
     with stats.phase("components"):
@@ -284,10 +291,17 @@ def add_edges(
     observations: DataFrame,
     txn_app_id: str | None = None,
     txn_version: int | None = None,
-) -> None:
+    new_events: DataFrame | None = None,
+    events: DataFrame | None = None,
+    customers: DataFrame | None = None,
+) -> Retyped | None:
     """MERGE the edges of new records' identifier ``observations`` into silver.identity_edges (the table a
     rebuild would have: ``merge_edges``' rules for an edge seen again). A batch's edges are few: they are
-    counted and broadcast, so the MERGE scans the table once instead of shuffling all of it."""
+    counted and broadcast, so the MERGE scans the table once instead of shuffling all of it.
+
+    With ``new_events`` (the records of ``observations``; ``events``: every event, the new ones included;
+    ``customers``: every CRM record, if any), earlier aliases they re-read get their edges rebuilt
+    (``retyped_edges``, a second MERGE); what changed is returned for ``incremental_identity``."""
     edges = merge_edges(build_edges(observations, cfg.identity.priorities)).localCheckpoint()
     io.ensure(spark, cfg, "silver.identity_edges", edges.schema)
     io.merge_upsert(
@@ -299,6 +313,21 @@ def add_edges(
         txn_app_id,
         txn_version,
     )
+    if new_events is None or events is None:
+        return None
+    retyped = retyped_edges(new_events, events, customers, cfg.identity)
+    if retyped is not None:
+        io.merge_upsert(
+            edge_replacement(io.read(spark, cfg, "silver.identity_edges"), retyped),
+            cfg,
+            "silver.identity_edges",
+            EDGE_KEYS,
+            None,
+            None if txn_app_id is None else f"{txn_app_id}/retyped",
+            txn_version,
+            "_delete",
+        )
+    return retyped
 
 
 def update_identity_for_batch(
@@ -320,13 +349,14 @@ def update_identity_for_batch(
                 None, new_events, cfg.identity.blocklist, cfg.identity.normalizers, known_events=silver
             ).localCheckpoint()
         with stats.phase("edges"):
-            add_edges(spark, cfg, obs, app_id, batch_id)
+            customers = silver_or_empty(spark, cfg, "silver.customers")
+            retyped = add_edges(spark, cfg, obs, app_id, batch_id, new_events, silver, customers)
         stats.replayed_staging = (stage / "_COMPLETE").exists() and _staging_is_current(
             spark, cfg, stage, app_id, batch_id
         )
         if not stats.replayed_staging:
             built_at = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S")
-            _stage_identity(spark, cfg, obs, stage, built_at, stats)
+            _stage_identity(spark, cfg, obs, stage, built_at, stats, retyped)
         with io.user_metadata(spark, f"{app_id}:{batch_id}"), stats.phase("apply"):
             stats.profiles_written = _apply_identity(spark, cfg, stage, app_id, batch_id)
     # earlier batches' staging is no longer needed once this batch's is applied

@@ -444,3 +444,95 @@ def test_incremental_update_follows_a_hub_that_comes_or_goes(spark, monkeypatch,
     assert rows(inc.changes, change_cols) == rows(full.changes, change_cols)
     reg_cols = ["profile_id", "created_at", "retired_at", "retired_into"]
     assert rows(inc.registry, reg_cols) == rows(full.registry, reg_cols)
+
+
+def test_incremental_update_rereads_earlier_aliases_as_a_rebuild_does(spark, cfg):
+    """An alias's previousId reads as an anonymous id until some event uses it as userId, and its userId as
+    a user id until some event uses it as anonymousId. Late events that do so after the alias was stored
+    change its identifiers and edges: the incremental update (through the stream's edge writer) must end
+    where a rebuild on all events does, edges table included."""
+    from datetime import timedelta
+
+    from pipelines import io
+    from pipelines.identity import EDGE_COLUMNS, merge_edges
+    from pipelines.identity_incremental import incremental_identity, retyped_edges
+    from pipelines.stream import add_edges
+
+    day = timedelta(days=1)
+    old = spark.createDataFrame(
+        [
+            ("m1", "identify", "X", "A", None, "x@ex.com", None, T),
+            ("m2", "alias", "X", None, "V", None, None, T + day),  # V: an anonymous id, so far
+            ("m3", "alias", "W", None, "Q", None, None, T + day),  # W: a user id, so far
+            ("m4", "identify", "Z", "C", None, None, None, T),  # untouched by what follows
+            ("m7", "identify", "J", "D", None, None, None, T),
+            ("m8", "alias", "K", None, "J", None, None, T + day),  # J: a user id already
+        ],
+        EVENT_SCHEMA,
+    )
+    new = spark.createDataFrame(
+        [
+            ("m5", "track", "V", "B", None, None, None, T - day),  # late: V was a user id all along
+            ("m6", "page", None, "W", None, None, None, T - day),  # late: W was an anonymous id
+            ("m9", "track", "J", "E", None, None, None, T + day),  # J as before: m8 reads the same
+        ],
+        EVENT_SCHEMA,
+    )
+    every = old.unionByName(new)
+    identity, at = cfg.identity, "2026-11-02 00:00:00"
+    args = dict(limits=identity.limits, priorities=identity.priorities, max_degree=identity.max_degree)
+
+    def observe(events, known=None):
+        return identifier_observations(
+            None, events, identity.blocklist, identity.normalizers, known_events=known
+        ).localCheckpoint()
+
+    obs1 = observe(old)
+    first = identity_graph(
+        obs1,
+        merge_edges(build_edges(obs1, identity.priorities)),
+        identity.max_component_size,
+        built_at="2026-11-01 00:00:00",
+        **args,
+    )
+    g1, reg1 = first.graph.localCheckpoint(), first.registry.localCheckpoint()
+    io.overwrite(merge_edges(build_edges(obs1, identity.priorities)), cfg, "silver.identity_edges")
+
+    new_obs = observe(new, every)
+    retyped = add_edges(spark, cfg, new_obs, new_events=new, events=every, customers=None)
+    assert retyped is not None
+    assert {r.identifier for r in retyped.vanished.collect()} == {"anonymous_id:V", "user_id:W"}
+    assert not {"user_id:J", "user_id:K"} & {r.identifier for r in retyped.identifiers.collect()}
+    assert retyped_edges(new.filter("message_id = 'm9'"), every, None, identity) is None
+    inc = incremental_identity(
+        new_obs,
+        io.read(spark, cfg, "silver.identity_edges"),
+        g1,
+        first.cut_edges,
+        first.oversized,
+        reg1,
+        identity,
+        at,
+        retyped,
+    )
+
+    obs2 = observe(every)
+    edges2 = merge_edges(build_edges(obs2, identity.priorities))
+    full = identity_graph(
+        obs2, edges2, identity.max_component_size, previous=g1, registry=reg1, built_at=at, **args
+    )
+
+    def rows(df, cols):
+        return sorted(tuple(r) for r in df.select(*cols).collect())
+
+    assert rows(io.read(spark, cfg, "silver.identity_edges"), EDGE_COLUMNS) == rows(edges2, EDGE_COLUMNS)
+    graph_cols = ["identifier", "profile_id", "component_size"]
+    assert rows(inc.graph, graph_cols) == rows(full.graph, graph_cols)
+    published = {r[0] for r in rows(full.graph, graph_cols)}
+    assert {"user_id:V", "anonymous_id:W"} <= published and not {"anonymous_id:V", "user_id:W"} & published
+    cut_cols = ["src", "dst", "reason"]
+    assert rows(inc.cut_edges, cut_cols) == rows(full.cut_edges, cut_cols)
+    change_cols = ["event", "from_profile_id", "into_profile_id", "identifiers_moved"]
+    assert rows(inc.changes, change_cols) == rows(full.changes, change_cols)
+    reg_cols = ["profile_id", "created_at", "retired_at", "retired_into"]
+    assert rows(inc.registry, reg_cols) == rows(full.registry, reg_cols)
