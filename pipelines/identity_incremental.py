@@ -8,8 +8,10 @@ touched set is closed so that the result equals a full rebuild on the same input
    does: a degree is a global property.
 2. Seeds are the identifiers of the new records, those of the last build that no longer exist, the
    neighbours of every new hub (its cut splits the component it was in, published or oversized, and each
-   part holds a neighbour) and every hub of the last build that is one no more, plus every identifier of the earlier profiles a seed belonged to (an identifier
-   that no longer exists leaves its profile, and the rest of it is recomputed).
+   part holds a neighbour) and every hub of the last build that is one no more, plus every identifier of
+   the earlier profiles a seed belonged to (an identifier that no longer exists leaves its profile, and
+   the rest of it is recomputed). When new events change how earlier alias calls read, the identifiers
+   of those aliases are seeds too, and their edges are rebuilt first (``retyped_edges``).
 3. The seeds are closed over the (hub-free) edges, limit-cut edges included: the guards solve a whole
    unconstrained component at once, so the closure is the set a full rebuild would solve together.
 

@@ -426,24 +426,33 @@ def test_incremental_update_follows_a_hub_that_comes_or_goes(spark, monkeypatch,
         at,
     )
 
-    def rows(df, cols):
-        return sorted(tuple(r) for r in df.select(*cols).collect())
-
-    graph_cols = ["identifier", "profile_id", "component_size"]
-    assert rows(inc.graph, graph_cols) == rows(full.graph, graph_cols)
+    graph = _assert_incremental_equals_full(inc, full)
     members = {}
-    for ident, pid, _ in rows(full.graph, graph_cols):
+    for ident, pid, _ in graph:
         members.setdefault(pid, set()).add(ident)
-    assert len(members) == case["parts"] and len(rows(full.graph, graph_cols)) == len(
-        {x for p in both for x in p}
-    ) - (case["degree"][1] == 3)  # everyone is published but a hub
-    assert rows(inc.oversized, ["component_id"]) == rows(full.oversized, ["component_id"]) == []
+    everyone = {x for p in both for x in p}
+    # everyone is published but a hub
+    assert len(members) == case["parts"] and len(graph) == len(everyone) - (case["degree"][1] == 3)
+    assert _rows(full.oversized, ["component_id"]) == []
+
+
+def _rows(df, cols):
+    return sorted(tuple(r) for r in df.select(*cols).collect())
+
+
+def _assert_incremental_equals_full(inc, full):
+    """The tables an incremental update and a full rebuild make are the same; returns the graph's rows
+    (identifier, profile_id, component_size)."""
+    graph = _rows(full.graph, ["identifier", "profile_id", "component_size"])
+    assert _rows(inc.graph, ["identifier", "profile_id", "component_size"]) == graph
+    assert _rows(inc.oversized, ["component_id"]) == _rows(full.oversized, ["component_id"])
     cut_cols = ["src", "dst", "reason"]
-    assert rows(inc.cut_edges, cut_cols) == rows(full.cut_edges, cut_cols)
+    assert _rows(inc.cut_edges, cut_cols) == _rows(full.cut_edges, cut_cols)
     change_cols = ["event", "from_profile_id", "into_profile_id", "identifiers_moved"]
-    assert rows(inc.changes, change_cols) == rows(full.changes, change_cols)
+    assert _rows(inc.changes, change_cols) == _rows(full.changes, change_cols)
     reg_cols = ["profile_id", "created_at", "retired_at", "retired_into"]
-    assert rows(inc.registry, reg_cols) == rows(full.registry, reg_cols)
+    assert _rows(inc.registry, reg_cols) == _rows(full.registry, reg_cols)
+    return graph
 
 
 def test_incremental_update_rereads_earlier_aliases_as_a_rebuild_does(spark, cfg):
@@ -522,17 +531,6 @@ def test_incremental_update_rereads_earlier_aliases_as_a_rebuild_does(spark, cfg
         obs2, edges2, identity.max_component_size, previous=g1, registry=reg1, built_at=at, **args
     )
 
-    def rows(df, cols):
-        return sorted(tuple(r) for r in df.select(*cols).collect())
-
-    assert rows(io.read(spark, cfg, "silver.identity_edges"), EDGE_COLUMNS) == rows(edges2, EDGE_COLUMNS)
-    graph_cols = ["identifier", "profile_id", "component_size"]
-    assert rows(inc.graph, graph_cols) == rows(full.graph, graph_cols)
-    published = {r[0] for r in rows(full.graph, graph_cols)}
+    assert _rows(io.read(spark, cfg, "silver.identity_edges"), EDGE_COLUMNS) == _rows(edges2, EDGE_COLUMNS)
+    published = {r[0] for r in _assert_incremental_equals_full(inc, full)}
     assert {"user_id:V", "anonymous_id:W"} <= published and not {"anonymous_id:V", "user_id:W"} & published
-    cut_cols = ["src", "dst", "reason"]
-    assert rows(inc.cut_edges, cut_cols) == rows(full.cut_edges, cut_cols)
-    change_cols = ["event", "from_profile_id", "into_profile_id", "identifiers_moved"]
-    assert rows(inc.changes, change_cols) == rows(full.changes, change_cols)
-    reg_cols = ["profile_id", "created_at", "retired_at", "retired_into"]
-    assert rows(inc.registry, reg_cols) == rows(full.registry, reg_cols)
