@@ -149,8 +149,8 @@ def _event_observations(
     )
 
 
-# (identifier type, column) of every event and CRM record besides an event's userId and previousId, whose
-# type depends on the other events (``_alias_types``)
+# (identifier type, column) of an event's ids whose type is fixed; its userId and previousId read as the
+# other events say (``_alias_types``)
 _EVENT_IDS: list[tuple[str | F.Column, str]] = [
     ("anonymous_id", "anonymous_id"),
     ("email", "trait_email"),

@@ -3,6 +3,7 @@ from datetime import datetime
 
 import pytest
 from chispa import assert_df_equality
+from pyspark.sql import functions as F
 
 from pipelines.identity import (
     EdgesOnDriver,
@@ -11,7 +12,7 @@ from pipelines.identity import (
     identifier_observations,
     identity_graph,
 )
-from pipelines.identity_guards import cut_hubs
+from pipelines.identity_guards import cut_hubs, hub_of_cut
 from pipelines.identity_incremental import touched_identifiers
 
 CUSTOMER_SCHEMA = (
@@ -113,9 +114,12 @@ def test_hubs_on_the_driver_are_the_hubs_spark_finds(spark):
     max_degree = {"email": 11, "phone": 10}
     on_driver = EdgesOnDriver(df)
     got = sorted(tuple(r) for r in on_driver.hubs(max_degree).collect())
-    kept, _, hubs = cut_hubs(df, max_degree)
+    kept, cut, hubs = cut_hubs(df, max_degree)
     expected = sorted(tuple(r) for r in hubs.collect())
     assert got == expected and {"phone:0", "email:1"} <= {h[0] for h in got}
+    # an incremental update tells new hubs from old ones by the hub each cut's reason names
+    named = {r.hub for r in cut.select(hub_of_cut(F.col("reason")).alias("hub")).distinct().collect()}
+    assert named == {h[0] for h in got}
     assert "device:7" not in {h[0] for h in got}
     starts = spark.createDataFrame([("email:2",), ("device:3",), ("unseen",)], "id string")
     prev = spark.createDataFrame([], "identifier string, profile_id string")
