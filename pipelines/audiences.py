@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pyspark.sql import DataFrame
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.utils import AnalysisException
 
@@ -57,6 +57,32 @@ def evaluate(
     return out
 
 
+def membership_changes(evaluated: DataFrame, cfg: Config) -> DataFrame:
+    """The rows of ``evaluated`` (audience, profile_id, qualifies) whose ``qualifies`` differs from the
+    current membership (no row = not a member), materialised: an incremental ``update_membership``'s source.
+
+    Only these rows go into an incremental MERGE, and no MERGE at all (no commit) when there are none: a
+    stream batch re-evaluates a few thousand people, most of whom stay where they are, and a MERGE into the
+    whole membership table costs seconds however small its source. The MERGE keeps its conditions, so a
+    membership another writer changed in between is still handled right. The evaluated people's membership
+    rows are found with one scan of the table, their profile ids broadcast."""
+    spark = evaluated.sparkSession
+    _ensure_membership(cfg, spark)
+    evaluated = evaluated.localCheckpoint()
+    people = broadcast_if_small(evaluated.select("profile_id").distinct().localCheckpoint())
+    current = (
+        io.read(spark, cfg, "gold.audience_membership")
+        .join(people, "profile_id", "left_semi")
+        .select("audience", "profile_id", "is_member")
+    )
+    return (
+        evaluated.join(current, ["audience", "profile_id"], "left")
+        .filter(F.col("qualifies") != F.coalesce(F.col("is_member"), F.lit(False)))
+        .select("audience", "profile_id", "qualifies")
+        .localCheckpoint()
+    )
+
+
 def update_membership(
     evaluated: DataFrame,
     cfg: Config,
@@ -64,23 +90,16 @@ def update_membership(
     complete: bool,
     txn_app_id: str | None = None,
     txn_version: int | None = None,
+    session: SparkSession | None = None,
 ) -> int:
     """MERGE ``evaluated`` (audience, profile_id, qualifies) into gold.audience_membership; returns rows changed.
 
     ``complete``: ``evaluated`` covers every live profile and audience, so members it does not mention (their
     profile was merged away, or the audience was removed from conf) exit too. Otherwise only the evaluated
-    profiles change (a profile that is gone is evaluated with qualifies = false by the caller).
-    """
-    spark = evaluated.sparkSession
-    io.ensure(spark, cfg, "gold.audience_membership", spark.createDataFrame([], MEMBERSHIP_SCHEMA).schema)
-    if not complete:
-        # Only the rows that change go into the MERGE, and no MERGE at all (no commit) when none does: a
-        # stream batch re-evaluates a few thousand people, most of whom stay where they are, and a MERGE
-        # into the whole membership table costs seconds however small its source. The MERGE keeps its
-        # conditions, so a membership another writer changed in between is still handled right.
-        evaluated = _changed_memberships(evaluated, io.read(spark, cfg, "gold.audience_membership"))
-        if evaluated.count() == 0:
-            return 0
+    profiles change (a profile that is gone is evaluated with qualifies = false by the caller), and
+    ``evaluated`` should be their ``membership_changes`` (any rows are right; only those are cheap).
+    ``session``: the session to MERGE in (``io.merge_with``)."""
+    _ensure_membership(cfg, evaluated.sparkSession)
     at = F.lit(as_of).cast("timestamp")
     src = evaluated.withColumn("_at", at)
 
@@ -107,31 +126,26 @@ def update_membership(
             )
         )
         if complete:
-            stamp = F.lit(as_of).cast("timestamp")
             m = m.whenNotMatchedBySourceUpdate(
                 condition="t.is_member",
-                set={"is_member": F.lit(False), "exited_at": stamp, "updated_at": stamp},
+                set={"is_member": F.lit(False), "exited_at": at, "updated_at": at},
             )
         return m
 
     return io.merge_with(
-        src, cfg, "gold.audience_membership", ["audience", "profile_id"], clauses, txn_app_id, txn_version
+        src,
+        cfg,
+        "gold.audience_membership",
+        ["audience", "profile_id"],
+        clauses,
+        txn_app_id,
+        txn_version,
+        session,
     )
 
 
-def _changed_memberships(evaluated: DataFrame, membership: DataFrame) -> DataFrame:
-    """The rows of ``evaluated`` (audience, profile_id, qualifies) whose ``qualifies`` differs from the
-    current membership (no row = not a member), materialised. The evaluated people's membership rows are
-    found with one scan of the table, their profile ids broadcast (a refresh of the touched people only)."""
-    evaluated = evaluated.localCheckpoint()
-    people = broadcast_if_small(evaluated.select("profile_id").distinct().localCheckpoint())
-    current = membership.join(people, "profile_id", "left_semi").select("audience", "profile_id", "is_member")
-    return (
-        evaluated.join(current, ["audience", "profile_id"], "left")
-        .filter(F.col("qualifies") != F.coalesce(F.col("is_member"), F.lit(False)))
-        .select("audience", "profile_id", "qualifies")
-        .localCheckpoint()
-    )
+def _ensure_membership(cfg: Config, spark: SparkSession) -> None:
+    io.ensure(spark, cfg, "gold.audience_membership", spark.createDataFrame([], MEMBERSHIP_SCHEMA).schema)
 
 
 def _members(df: DataFrame) -> dict[str, int]:

@@ -308,10 +308,17 @@ def merge_with(
     clauses: Callable,
     txn_app_id: str | None = None,
     txn_version: int | None = None,
+    session: SparkSession | None = None,
 ) -> int:
     """A MERGE on ``keys`` with the caller's clauses (``clauses(builder) -> builder``, target ``t``, source
-    ``s``), retried on conflicts and idempotent like the others. Returns rows inserted, updated or deleted."""
-    return _merge(df, cfg, name, keys, txn_app_id, txn_version, clauses, counted=("num_affected_rows",))
+    ``s``), retried on conflicts and idempotent like the others. Returns rows inserted, updated or deleted.
+
+    ``session``: the session the MERGE runs in, whose Delta confs (txn ids, userMetadata) it takes; by
+    default ``df``'s. A MERGE beside another write of the same process needs a session of its own, as
+    those confs are session-wide."""
+    return _merge(
+        df, cfg, name, keys, txn_app_id, txn_version, clauses, counted=("num_affected_rows",), session=session
+    )
 
 
 def _merge(
@@ -323,10 +330,13 @@ def _merge(
     txn_version: int | None,
     clauses: Callable,
     counted: tuple[str, ...] = ("num_inserted_rows",),
+    session: SparkSession | None = None,
 ) -> int:
     """One Delta MERGE on ``keys``, retried on conflicts. The idempotency session confs (txnAppId and
-    txnVersion) are set only for this MERGE and always cleared, so they never leak into another write."""
-    spark = df.sparkSession
+    txnVersion) are set only for this MERGE and always cleared, so they never leak into another write.
+    The MERGE runs in ``session`` (default: ``df``'s): Delta takes the target's session for the command
+    and its confs, and the source may come from another session of the same SparkContext."""
+    spark = session or df.sparkSession
     target = DeltaTable.forPath(spark, path_of(cfg, name))
     condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
 

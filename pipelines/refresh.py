@@ -15,12 +15,21 @@ The source versions a refresh read are stored in its gold.profile_traits commit 
 next incremental run reads the change feed from there: nothing is missed, and a crash before that commit
 just recomputes the same people. Every input table is read at the version recorded, so the result is
 the same as a full refresh at those versions with the same ``as_of`` (tested).
+
+An incremental run writes its membership changes and its traits side by side (two MERGEs of a few
+seconds each, mostly fixed cost, which overlap even on 2 cores). Its traits commit then cannot wait for
+the membership commit, so when there are membership changes it also records the versions the run
+started from and a token that its membership commit carries; the next run starts from those earlier
+versions unless it finds that commit (``last_state``): a membership MERGE that failed after the traits
+commit costs a recomputation, never a missed change.
 """
 
 from __future__ import annotations
 
 import json
 import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -29,7 +38,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.utils import AnalysisException
 
 from pipelines import io
-from pipelines.audiences import evaluate, update_membership
+from pipelines.audiences import evaluate, membership_changes, update_membership
 from pipelines.config import Config
 from pipelines.customers import silver_customers, standardize_customers
 from pipelines.orders import silver_orders, standardize_orders
@@ -41,6 +50,7 @@ from pipelines.traits import compute_traits
 
 SOURCE_TABLES = ["silver.events", "silver.orders", "silver.customers", "gold.identity_graph", "gold.profiles"]
 STATE_KEY = "converge_traits"
+MEMBERSHIP_KEY = "converge_membership"  # userMetadata of an incremental run's membership commit: its token
 
 
 @dataclass
@@ -74,15 +84,35 @@ def silver_or_empty(spark: SparkSession, cfg: Config, name: str) -> DataFrame:
 
 
 def last_state(spark: SparkSession, cfg: Config) -> dict | None:
-    """What the last refresh recorded: source versions, as_of and the trait columns; None if none ran."""
+    """What the last refresh recorded: source versions, as_of and the trait columns; None if none ran.
+
+    If that refresh wrote membership changes beside its traits and their commit is not among the
+    membership table's recent commits, the versions are those it started from (its people are taken
+    again)."""
     if not io.exists(spark, cfg, "gold.profile_traits"):
         return None
     for commit in io.commits(spark, cfg, "gold.profile_traits", limit=1):
         try:
-            return json.loads(commit["user_metadata"] or "{}").get(STATE_KEY)
+            state = json.loads(commit["user_metadata"] or "{}").get(STATE_KEY)
         except ValueError:
             return None
+        token = (state or {}).get("membership")
+        if token and not _membership_committed(spark, cfg, token):
+            state = {**state, "versions": state["previous"]}
+        return state
     return None
+
+
+def _membership_committed(spark: SparkSession, cfg: Config, token: str) -> bool:
+    """Whether gold.audience_membership has the commit carrying ``token``, among its last few (the next
+    refresh looks soon after; not finding it only costs a recomputation)."""
+    for commit in io.commits(spark, cfg, "gold.audience_membership", limit=10):
+        try:
+            if json.loads(commit["user_metadata"] or "{}").get(MEMBERSHIP_KEY) == token:
+                return True
+        except ValueError:
+            continue
+    return False
 
 
 def _changed_rows(feed: DataFrame, key: str) -> DataFrame:
@@ -146,6 +176,27 @@ def touched_profiles(
     return out.filter(F.col("profile_id").isNotNull()).distinct()
 
 
+def _state(versions: dict[str, int], as_of: str, columns: list[str], **more) -> str:
+    """A refresh's state, as its gold.profile_traits commit's userMetadata."""
+    return json.dumps({STATE_KEY: {"versions": versions, "as_of": as_of, "columns": columns, **more}})
+
+
+def _write_membership_as(
+    session: SparkSession,
+    token: str,
+    changes: DataFrame,
+    cfg: Config,
+    as_of: datetime,
+    txn_app_id: str | None,
+    txn_version: int | None,
+) -> int:
+    """The membership MERGE of an incremental run, in a session of its own (Delta's txn ids and
+    userMetadata are session confs; the traits MERGE sets them at the same time), its commit carrying
+    ``token``."""
+    with io.user_metadata(session, json.dumps({MEMBERSHIP_KEY: token})):
+        return update_membership(changes, cfg, as_of, False, txn_app_id, txn_version, session)
+
+
 def refresh_traits_and_audiences(
     spark: SparkSession,
     cfg: Config,
@@ -190,7 +241,7 @@ def refresh_traits_and_audiences(
                 touched = touched_profiles(spark, cfg, state["versions"], versions, graph).localCheckpoint()
         except AnalysisException as exc:
             stats.reason, state = f"change data feed unavailable ({str(exc).splitlines()[0][:200]})", None
-    new_state = json.dumps({STATE_KEY: {"versions": versions, "as_of": stats.as_of, "columns": columns}})
+    new_state = _state(versions, stats.as_of, columns)
 
     if touched is None:
         stats.mode = "full"
@@ -225,19 +276,37 @@ def refresh_traits_and_audiences(
             ).select("audience", "profile_id", F.lit(False).alias("qualifies"))
         )
         with stats.phase("audiences"):
-            stats.membership_changes = update_membership(
-                evaluated, cfg, as_of, False, txn_app_id, txn_version
+            changes = membership_changes(evaluated, cfg)
+            token = uuid.uuid4().hex if changes.count() else None
+        if token:  # see the module docstring
+            assert state is not None
+            new_state = _state(versions, stats.as_of, columns, previous=state["versions"], membership=token)
+        with stats.phase("write"), ThreadPoolExecutor(1, thread_name_prefix="converge-membership") as pool:
+            membership = (
+                pool.submit(
+                    _write_membership_as,
+                    spark.newSession(),
+                    token,
+                    changes,
+                    cfg,
+                    as_of,
+                    txn_app_id,
+                    txn_version,
+                )
+                if token
+                else None
             )
-        with io.user_metadata(spark, new_state), stats.phase("write_traits"):
-            io.merge_upsert(
-                io.upserts_and_deletes(traits.select(*columns), gone, "profile_id"),
-                cfg,
-                "gold.profile_traits",
-                ["profile_id"],
-                None,
-                txn_app_id,
-                txn_version,
-                "_delete",
-            )
+            with io.user_metadata(spark, new_state):
+                io.merge_upsert(
+                    io.upserts_and_deletes(traits.select(*columns), gone, "profile_id"),
+                    cfg,
+                    "gold.profile_traits",
+                    ["profile_id"],
+                    None,
+                    txn_app_id,
+                    txn_version,
+                    "_delete",
+                )
+            stats.membership_changes = membership.result() if membership else 0
     stats.seconds = round(time.time() - t0, 2)
     return stats

@@ -344,3 +344,45 @@ def test_audiences_enter_and_exit_on_events_and_on_passing_time(spark, cfg, repo
         f"audience feed after the first refresh: {len(feed)} changes, exits {sorted(e[0] for e in exits)}; "
         f"scheduled refresh changed {scheduled.membership_changes} memberships"
     )
+
+
+def test_a_membership_write_that_fails_beside_the_traits_commit_is_redone(spark, cfg, monkeypatch):
+    """An incremental refresh MERGEs its membership changes beside its traits, so the traits commit (which
+    records how far the refresh got) can land while the membership MERGE fails. The next refresh must take
+    those people again; once their memberships are written, it must not."""
+    import pytest
+
+    from pipelines import refresh
+
+    _base(spark, cfg)
+    refresh_traits_and_audiences(spark, cfg, as_of=T)
+    assert ("cart_abandoners_24h", "p1") in _members(spark, cfg)
+    # Ann completes her order: her traits change and she leaves the cart abandoners
+    io.append(
+        spark.createDataFrame(
+            [_event("e8", "track", T + timedelta(minutes=5), "u1", "a1", "Order Completed")], EVENT_SCHEMA
+        ),
+        cfg,
+        "silver.events",
+    )
+    membership_before = io.version(spark, cfg, "gold.audience_membership")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("membership MERGE failed")
+
+    with monkeypatch.context() as m:
+        m.setattr(refresh, "update_membership", broken)
+        with pytest.raises(RuntimeError, match="membership MERGE failed"):
+            refresh_traits_and_audiences(spark, cfg, as_of=T + timedelta(minutes=6))
+    assert _traits(spark, cfg)["p1"]["checked_out_24h"] is True, "the traits commit landed"
+    assert io.version(spark, cfg, "gold.audience_membership") == membership_before
+    assert ("cart_abandoners_24h", "p1") in _members(spark, cfg)
+
+    again = refresh_traits_and_audiences(spark, cfg, as_of=T + timedelta(minutes=6))
+    assert (again.mode, again.profiles, again.membership_changes) == ("incremental", 1, 1), again
+    assert ("cart_abandoners_24h", "p1") not in _members(spark, cfg)
+    # the membership commit of that run is found: nobody is taken again
+    after = refresh_traits_and_audiences(spark, cfg, as_of=T + timedelta(minutes=6))
+    assert (after.mode, after.profiles) == ("skipped", 0), after
+    full = refresh_traits_and_audiences(spark, cfg, full=True, as_of=T + timedelta(minutes=6))
+    assert full.membership_changes == 0, "nothing left for a full refresh to change"
