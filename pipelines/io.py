@@ -220,6 +220,27 @@ def overwrite(
     _register(df.sparkSession, cfg, name)
 
 
+def overwrite_if_changed(
+    df: DataFrame, cfg: Config, name: str, txn_app_id: str | None = None, txn_version: int | None = None
+) -> bool:
+    """``overwrite`` unless the table already holds exactly ``df``'s rows (same columns, same rows counted
+    with their repeats); returns whether it wrote. For small derived tables that are recomputed whole but
+    rarely change (a stream batch's cut edges and oversized components): an unchanged one costs two counts
+    and a comparison instead of a commit and a new copy of every file."""
+    spark = df.sparkSession
+    if exists(spark, cfg, name):
+        current = read(spark, cfg, name)
+        shape = [(f.name, f.dataType) for f in df.schema.fields]
+        if (
+            [(f.name, f.dataType) for f in current.schema.fields] == shape
+            and current.count() == df.count()
+            and df.exceptAll(current).isEmpty()
+        ):
+            return False
+    overwrite(df, cfg, name, txn_app_id, txn_version)
+    return True
+
+
 def append(
     df: DataFrame, cfg: Config, name: str, txn_app_id: str | None = None, txn_version: int | None = None
 ) -> None:

@@ -249,15 +249,24 @@ def _write_staged_frames(frames: dict[str, DataFrame], stage: Path, stats: Ident
 
 
 def _apply_identity(spark: SparkSession, cfg: Config, stage: Path, app_id: str, batch_id: int) -> int:
-    """Write a staged identity update, each table with the batch's transaction id. Returns profiles written."""
+    """Write a staged identity update, each table with the batch's transaction id. Returns profiles written.
+
+    A table with nothing to change gets no commit (most batches merge no profiles, and the cut edges and
+    oversized components, recomputed over the whole graph, rarely change): a commit costs most of a second
+    here, and an overwrite a new copy of the table. A replay then finds that table at its base version,
+    which ``_staging_is_current`` accepts."""
 
     def staged(name: str) -> DataFrame:
         return io.read_staged(spark, stage / name)
 
-    io.append(staged("changes"), cfg, "gold.profile_merges", app_id, batch_id)
-    io.merge_upsert(staged("registry"), cfg, "gold.profile_ids", ["profile_id"], None, app_id, batch_id)
-    io.overwrite(staged("cut"), cfg, "quarantine.identity_edges", app_id, batch_id)
-    io.overwrite(staged("oversized"), cfg, "quarantine.identity_components", app_id, batch_id)
+    changes = staged("changes")
+    if not changes.isEmpty():
+        io.append(changes, cfg, "gold.profile_merges", app_id, batch_id)
+    registry = staged("registry")
+    if not registry.isEmpty():
+        io.merge_upsert(registry, cfg, "gold.profile_ids", ["profile_id"], None, app_id, batch_id)
+    io.overwrite_if_changed(staged("cut"), cfg, "quarantine.identity_edges", app_id, batch_id)
+    io.overwrite_if_changed(staged("oversized"), cfg, "quarantine.identity_components", app_id, batch_id)
     io.merge_upsert(
         staged("graph_delta"), cfg, "gold.identity_graph", ["identifier"], None, app_id, batch_id, "_delete"
     )

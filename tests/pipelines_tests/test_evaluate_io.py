@@ -174,3 +174,25 @@ def test_tables_conf_lists_are_created_with_deletion_vectors_and_no_others(spark
     assert {
         r.n for r in io.read(spark, plain, "gold.profile_traits").filter("profile_id = 'p7'").collect()
     } == {70}
+
+
+def test_overwrite_if_changed_writes_only_a_different_multiset_of_rows(spark, cfg):
+    rows = [("a", 1), ("b", 2), ("b", 2)]
+    io.overwrite(spark.createDataFrame(rows, "k string, n int"), cfg, "quarantine.identity_components")
+    start = io.version(spark, cfg, "quarantine.identity_components")
+
+    def again(data) -> bool:
+        return io.overwrite_if_changed(
+            spark.createDataFrame(data, "k string, n int"), cfg, "quarantine.identity_components"
+        )
+
+    assert not again(list(reversed(rows))), "the same rows in another order: no commit"
+    assert io.version(spark, cfg, "quarantine.identity_components") == start
+    assert again([("a", 1), ("b", 2)]), "a repeat fewer is a change"
+    assert again([("a", 1), ("b", 2), ("b", 3)])
+    assert io.version(spark, cfg, "quarantine.identity_components") == start + 2
+    assert sorted(tuple(r) for r in io.read(spark, cfg, "quarantine.identity_components").collect()) == [
+        ("a", 1),
+        ("b", 2),
+        ("b", 3),
+    ]
