@@ -27,8 +27,10 @@ commit costs a recomputation, never a missed change.
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -181,6 +183,19 @@ def _state(versions: dict[str, int], as_of: str, columns: list[str], **more) -> 
     return json.dumps({STATE_KEY: {"versions": versions, "as_of": as_of, "columns": columns, **more}})
 
 
+_WRITERS: weakref.WeakKeyDictionary[SparkSession, SparkSession] = weakref.WeakKeyDictionary()
+_WRITERS_LOCK = threading.Lock()
+
+
+def _membership_session(spark: SparkSession) -> SparkSession:
+    """The session an incremental run of ``spark`` MERGEs its membership changes in: made once per
+    refreshing session (the stream refreshes once a batch), dropped with it."""
+    with _WRITERS_LOCK:
+        if spark not in _WRITERS:
+            _WRITERS[spark] = spark.newSession()
+        return _WRITERS[spark]
+
+
 def _write_membership_as(
     session: SparkSession,
     token: str,
@@ -285,7 +300,7 @@ def refresh_traits_and_audiences(
             membership = (
                 pool.submit(
                     _write_membership_as,
-                    spark.newSession(),
+                    _membership_session(spark),
                     token,
                     changes,
                     cfg,

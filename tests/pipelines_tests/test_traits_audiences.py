@@ -8,6 +8,7 @@ from pyspark.sql import functions as F
 
 from assets.gold import _rebuild_profiles
 from pipelines import io
+from pipelines.audiences import update_membership
 from pipelines.customers import SILVER_COLUMNS as CUSTOMER_COLUMNS
 from pipelines.events import SILVER_COLUMNS as EVENT_COLUMNS
 from pipelines.orders import SILVER_COLUMNS as ORDER_COLUMNS
@@ -367,8 +368,15 @@ def test_a_membership_write_that_fails_beside_the_traits_commit_is_redone(spark,
     )
     membership_before = io.version(spark, cfg, "gold.audience_membership")
 
+    sessions = []  # the session each membership MERGE was given
+
     def broken(*args, **kwargs):
+        sessions.append(args[6])
         raise RuntimeError("membership MERGE failed")
+
+    def recorded(*args, **kwargs):
+        sessions.append(args[6])
+        return update_membership(*args, **kwargs)
 
     with monkeypatch.context() as m:
         m.setattr(refresh, "update_membership", broken)
@@ -378,7 +386,11 @@ def test_a_membership_write_that_fails_beside_the_traits_commit_is_redone(spark,
     assert io.version(spark, cfg, "gold.audience_membership") == membership_before
     assert ("cart_abandoners_24h", "p1") in _members(spark, cfg)
 
-    again = refresh_traits_and_audiences(spark, cfg, as_of=T + timedelta(minutes=6))
+    with monkeypatch.context() as m:
+        m.setattr(refresh, "update_membership", recorded)
+        again = refresh_traits_and_audiences(spark, cfg, as_of=T + timedelta(minutes=6))
+    # one session of its own, made once for the refreshing session and kept
+    assert len(sessions) == 2 and sessions[0] is sessions[1] and sessions[0] is not spark, sessions
     assert (again.mode, again.profiles, again.membership_changes) == ("incremental", 1, 1), again
     assert ("cart_abandoners_24h", "p1") not in _members(spark, cfg)
     # the membership commit of that run is found: nobody is taken again
