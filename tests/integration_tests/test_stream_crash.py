@@ -12,7 +12,16 @@ from tests.integration_tests.crash_harness import CrashRun, crash_run, describe
 @pytest.mark.parametrize("source", ["files", "kafka"])
 def test_sigkill_at_random_moments_loses_and_doubles_nothing(spark, tmp_path, source, request, report):
     broker = request.getfixturevalue("kafka_broker") if source == "kafka" else None
-    run = CrashRun(source=source, people=36, events_per_file=120, feed_interval_s=6, kills=5)
+    # up to two of the three files a batch, so the run after the last kill drains in two batches or fewer
+    run = CrashRun(
+        source=source,
+        people=36,
+        events_per_file=120,
+        feed_interval_s=6,
+        kills=5,
+        kill_after_s=(1, 20),
+        max_files_per_trigger=2,
+    )
     counts = crash_run(spark, tmp_path, run, broker)
     assert counts["kills"] >= 5 and counts["bronze"] == counts["lines"]
     report(describe(counts))
