@@ -17,43 +17,15 @@ from dagster import DagsterInstance
 from jobs.cli import main as converge
 from jobs.definitions import ASSET_TABLES, defs
 from pipelines import io
-from pipelines.config import PROJECT_ROOT, load_config
-from pipelines.demo_data import generate
+from pipelines.config import PROJECT_ROOT
 from pipelines.evaluate import pairwise_scores
-
-PEOPLE = 400
-
-
-def _land_bad_rows(landing):
-    (landing / "customers/crm/bad_crm.csv").write_text(
-        "customer_id,first_name,last_name,email,phone,street,city,postal_code,country,date_of_birth,created_at,updated_at\n"
-        ",Nobody,Noid,nobody@x.com,,,,,,,,\n"
-        'C999,"Unclosed,quote,,,,,,,,,\n'
-    )
-    (landing / "orders/bad_orders.csv").write_text(
-        "order_id,source_system,customer_id,order_date,amount,currency,status\nBAD1,crm,C1,2026-01-01,twelve,USD,completed\n"
-    )
-    (landing / "events/bad.jsonl").write_text(
-        '{"type": "track", "event": "x"\n[1,2]\n{"messageId": "q1", "type": "page"}\n'
-    )
+from tests.integration_tests.lakehouse import ANN_CRM_ROWS, ANN_EVENT_LINES, BAD_CRM_ROWS, BAD_EVENT_LINES
 
 
-@pytest.fixture(scope="module")
-def pipeline_run(spark, tmp_path_factory):
-    lakehouse = tmp_path_factory.mktemp("e2e")
-    old = os.environ.get("CONVERGE_LAKEHOUSE")
-    os.environ["CONVERGE_LAKEHOUSE"] = str(lakehouse)
-    cfg = load_config()
-    counts = generate(PEOPLE, 20261121, cfg.lakehouse.landing)
-    _land_bad_rows(cfg.lakehouse.landing)
-    result = defs.resolve_job_def("converge_all").execute_in_process(
-        instance=DagsterInstance.ephemeral(), raise_on_error=False
-    )
-    yield result, cfg, counts
-    if old is None:
-        os.environ.pop("CONVERGE_LAKEHOUSE")
-    else:
-        os.environ["CONVERGE_LAKEHOUSE"] = old
+@pytest.fixture
+def pipeline_run(built):
+    """The lakehouse `converge_all` built once for this module and test_forget.py (conftest.py)."""
+    return built.result, built.cfg, built.counts
 
 
 def test_every_asset_materializes_and_every_check_passes(pipeline_run):
@@ -80,8 +52,8 @@ def test_counts_reconcile_and_bad_rows_are_quarantined_with_reasons(pipeline_run
     assert set(recs) == {"customers", "orders", "events"}
     for rec in recs.values():
         assert rec["balanced"] and rec["bronze"] == rec["silver"] + rec["quarantined"] + rec["duplicates"]
-    assert recs["customers"]["bronze"] == counts.crm_rows + counts.shop_rows + 2
-    assert recs["events"]["bronze"] == counts.event_lines + 3
+    assert recs["customers"]["bronze"] == counts.crm_rows + counts.shop_rows + BAD_CRM_ROWS + ANN_CRM_ROWS
+    assert recs["events"]["bronze"] == counts.event_lines + BAD_EVENT_LINES + ANN_EVENT_LINES
     assert recs["events"]["duplicates"] == counts.duplicate_event_lines
     reasons = {
         (r.feed, r.reason)

@@ -10,106 +10,18 @@ import subprocess
 from contextlib import redirect_stdout
 from pathlib import Path
 
-import pytest
-from dagster import DagsterInstance, build_sensor_context
+from dagster import build_sensor_context
 from pyspark.sql import functions as F
 
 from jobs.cli import main as converge
 from jobs.definitions import defs
 from pipelines import io
 from pipelines.config import load_config
-from pipelines.demo_data import generate
 from pipelines.forget import term_hash
 from pipelines.proof import scan
 from pipelines.stream import file_backlog, read_status
 from tests.integration_tests import crash_harness
-from tests.net import Receiver
-
-ANN = {
-    "email": "ann.forget@example.com",
-    "user_id": "ann-forget-7",
-    "anonymous_id": "anon-ann-forget-1",
-    "crm_id": "CANN1",
-    "phone": "+15550109999",
-}
-CRM_HEADER = "customer_id,first_name,last_name,email,phone,street,city,postal_code,country,date_of_birth,created_at,updated_at"
-
-
-def _event(mid, kind, ts, **body):
-    msg = {"messageId": mid, "type": kind, "timestamp": ts, "sentAt": ts, "receivedAt": ts}
-    msg.update(body)
-    return json.dumps(msg)
-
-
-def _land_ann(landing: Path, events_only: bool = False) -> None:
-    (landing / "events").mkdir(parents=True, exist_ok=True)
-    _land_ann_events(landing)
-    if events_only:
-        return
-    (landing / "customers/crm/ann.csv").write_text(
-        f"{CRM_HEADER}\nCANN1,Ann,Forget,Ann.Forget@Example.com,+1 (555) 010-9999,1 Privacy Lane,Springfield,"
-        "12345,US,1980-02-03,2025-01-01,2026-10-01\n"
-    )
-    (landing / "orders/ann_orders.csv").write_text(
-        "order_id,source_system,customer_id,order_date,amount,currency,status\n"
-        "ANN-O1,crm,CANN1,2026-10-20,450.00,USD,completed\nANN-O2,crm,CANN1,2026-10-25,450.00,USD,completed\n"
-    )
-
-
-def _land_ann_events(landing: Path) -> None:
-    consent = {
-        "ip": "198.51.100.7",
-        "consent": {"categoryPreferences": {"Marketing": True, "Analytics": True}},
-    }
-    lines = [
-        _event(
-            "ann-e1",
-            "page",
-            "2026-10-30T10:00:00Z",
-            anonymousId=ANN["anonymous_id"],
-            name="/",
-            context=consent,
-        ),
-        _event(
-            "ann-e2",
-            "identify",
-            "2026-10-30T10:01:00Z",
-            anonymousId=ANN["anonymous_id"],
-            userId=ANN["user_id"],
-            traits={"email": "Ann.Forget@Example.com", "firstName": "Ann", "phone": "+1 555 010 9999"},
-            context=consent,
-        ),
-        '{"messageId": "ann-bad", "type": "track", "userId": "ann-forget-7"}',  # quarantined: no event name
-    ]
-    (landing / "events/ann.jsonl").write_text("\n".join(lines) + "\n")
-
-
-@pytest.fixture(scope="module")
-def forgotten(spark, tmp_path_factory):
-    lakehouse = tmp_path_factory.mktemp("forget")
-    receiver = Receiver()
-    old = {k: os.environ.get(k) for k in ("CONVERGE_LAKEHOUSE", "CONVERGE_OVERRIDES")}
-    os.environ["CONVERGE_LAKEHOUSE"] = str(lakehouse)
-    hook = {"type": "webhook", "url": receiver.url, "audiences": ["high_value"], "consent": ["marketing"],
-            "fields": ["email", "first_name", "lifetime_value"], "backoff_s": 0.01}  # fmt: skip
-    os.environ["CONVERGE_OVERRIDES"] = json.dumps(
-        {
-            "destinations": {"definitions": {"crm_hook": hook}},
-            "policies": {"destinations": {"crm_hook": {"email": "sha256", "name": "plain"}}},
-        }
-    )
-    cfg = load_config()
-    generate(40, 7, cfg.lakehouse.landing)
-    _land_ann(cfg.lakehouse.landing)
-    instance = DagsterInstance.ephemeral()
-    built = defs.resolve_job_def("converge_all").execute_in_process(instance=instance, raise_on_error=False)
-    yield {"cfg": cfg, "instance": instance, "built": built, "receiver": receiver}
-    receiver.close()
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+from tests.integration_tests.lakehouse import ANN, event, land_ann
 
 
 def _cli(*argv):
@@ -119,9 +31,10 @@ def _cli(*argv):
     return code, out.getvalue()
 
 
-def test_forget_removes_a_person_from_every_table_version_and_file(forgotten, spark, report):
-    cfg, instance, receiver = forgotten["cfg"], forgotten["instance"], forgotten["receiver"]
-    assert forgotten["built"].success
+def test_forget_removes_a_person_from_every_table_version_and_file(built, spark, report):
+    """On the lakehouse test_end_to_end.py checked (conftest.py), after it: this test deletes from it."""
+    cfg, instance, receiver = built.cfg, built.instance, built.receiver
+    assert built.result.success
     graph = io.read(spark, cfg, "gold.identity_graph")
     ann_profile = graph.filter(F.col("identifier") == f"email:{ANN['email']}").first().profile_id
     # a second person, from the generated data, is forgotten in the same run (requests are batched)
@@ -195,7 +108,7 @@ def test_forget_removes_a_person_from_every_table_version_and_file(forgotten, sp
     assert not list(sensor.evaluate_tick(build_sensor_context(instance=instance)).run_requests)
 
     # a late event for Ann goes to quarantine and does not bring her profile back
-    late = _event("ann-late", "track", "2026-10-31T09:00:00Z", userId=ANN["user_id"], event="Product Viewed")
+    late = event("ann-late", "track", "2026-10-31T09:00:00Z", userId=ANN["user_id"], event="Product Viewed")
     (cfg.lakehouse.landing / "events/late.jsonl").write_text(late + "\n")
     again = defs.resolve_job_def("events_catch_up").execute_in_process(
         instance=instance, raise_on_error=False
@@ -214,7 +127,7 @@ def test_forget_removes_a_person_from_every_table_version_and_file(forgotten, sp
 
 def _people_file(folder: Path, name: str, people: range) -> int:
     lines = [
-        _event(
+        event(
             f"{name}-{i}",
             "identify",
             "2026-10-30T10:00:00Z",
@@ -238,7 +151,7 @@ def test_deletion_while_the_stream_is_running(spark, tmp_path, report):
     env.pop("CONVERGE_OVERRIDES", None)
     cfg = load_config("test", lakehouse=env["CONVERGE_LAKEHOUSE"])
     events = cfg.lakehouse.landing / "events"
-    _land_ann(cfg.lakehouse.landing, events_only=True)  # the stream reads events only
+    land_ann(cfg.lakehouse.landing, events_only=True)  # the stream reads events only
     sent = _people_file(events, "first", range(0, 5))
     log = tmp_path / "stream.log"
     proc = crash_harness._start(env, log)
@@ -266,7 +179,7 @@ def test_deletion_while_the_stream_is_running(spark, tmp_path, report):
             report(out.strip().splitlines()[0])
             assert code == 0, out
             # a late event for Ann: the running stream quarantines it
-            late = _event(
+            late = event(
                 "ann-late", "track", "2026-10-31T09:00:00Z", userId=ANN["user_id"], event="Product Viewed"
             )
             (events / ".late.tmp").write_text(late + "\n")
