@@ -16,10 +16,17 @@ $(BIN)/.installed: requirements.lock pyproject.toml
 
 install: $(BIN)/.installed
 
+# The official Segment Node SDK the collector tests send with, from the committed lock (installed here, not
+# by the test: tests download nothing).
+NODE_CLIENT := tests/collector_tests/node
+$(NODE_CLIENT)/node_modules/.installed: $(NODE_CLIENT)/package-lock.json $(NODE_CLIENT)/package.json
+	cd $(NODE_CLIENT) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
 demo: install  ## generate demo data, materialize every asset through Dagster, print the summary
 	$(BIN)/converge demo --reset --people $${PEOPLE:-5000}
 
-test: install  ## the whole suite
+test: install $(NODE_CLIENT)/node_modules/.installed  ## the whole suite
 	$(BIN)/pytest
 
 ui: install  ## Dagster webserver + daemon on 127.0.0.1:3000 with the instance from dagster.yaml
