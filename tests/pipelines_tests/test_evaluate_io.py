@@ -177,22 +177,24 @@ def test_tables_conf_lists_are_created_with_deletion_vectors_and_no_others(spark
 
 
 def test_overwrite_if_changed_writes_only_a_different_multiset_of_rows(spark, cfg):
-    rows = [("a", 1), ("b", 2), ("b", 2)]
-    io.overwrite(spark.createDataFrame(rows, "k string, n int"), cfg, "quarantine.identity_components")
+    # an array column, as quarantine.identity_components has (most_connected_identifiers)
+    schema = "k string, n int, ids array<string>"
+    rows = [("a", 1, ["x", "y"]), ("b", 2, None), ("b", 2, None)]
+    io.overwrite(spark.createDataFrame(rows, schema), cfg, "quarantine.identity_components")
     start = io.version(spark, cfg, "quarantine.identity_components")
 
     def again(data) -> bool:
         return io.overwrite_if_changed(
-            spark.createDataFrame(data, "k string, n int"), cfg, "quarantine.identity_components"
+            spark.createDataFrame(data, schema), cfg, "quarantine.identity_components"
         )
 
     assert not again(list(reversed(rows))), "the same rows in another order: no commit"
     assert io.version(spark, cfg, "quarantine.identity_components") == start
-    assert again([("a", 1), ("b", 2)]), "a repeat fewer is a change"
-    assert again([("a", 1), ("b", 2), ("b", 3)])
-    assert io.version(spark, cfg, "quarantine.identity_components") == start + 2
-    assert sorted(tuple(r) for r in io.read(spark, cfg, "quarantine.identity_components").collect()) == [
-        ("a", 1),
-        ("b", 2),
-        ("b", 3),
-    ]
+    assert again([("a", 1, ["x", "y"]), ("b", 2, None)]), "a repeat fewer is a change"
+    assert again([("a", 1, ["y", "x"]), ("b", 2, None)]), "an array's order is its content"
+    assert again([("a", 1, ["y", "x"]), ("b", 2, None), ("b", 3, None)])
+    assert not again([("b", 3, None), ("a", 1, ["y", "x"]), ("b", 2, None)])
+    assert io.version(spark, cfg, "quarantine.identity_components") == start + 3
+    assert sorted(
+        (r.k, r.n, r.ids) for r in io.read(spark, cfg, "quarantine.identity_components").collect()
+    ) == [("a", 1, ["y", "x"]), ("b", 2, None), ("b", 3, None)]
