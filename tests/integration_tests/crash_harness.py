@@ -205,14 +205,16 @@ def crash_run(spark, workdir: Path, run: CrashRun, broker=None) -> dict:
 
     # exactly once: bronze has every line once, silver every distinct valid messageId once
     bronze = io.read(spark, cfg, "bronze.events")
-    assert bronze.count() == len(lines)
+    n_bronze = bronze.count()
+    assert n_bronze == len(lines)
     expected = parse_configured(io.read_text_files(spark, [str(f) for f in files]), cfg)
     valid = {
         r.message_id
         for r in expected.filter("_reject_reason IS NULL").select("message_id").distinct().collect()
     }
     silver = io.read(spark, cfg, "silver.events")
-    assert silver.count() == len(valid)
+    n_silver = silver.count()
+    assert n_silver == len(valid)
     assert {r.message_id for r in silver.select("message_id").collect()} == valid
     rejected = expected.filter("_reject_reason IS NOT NULL").count()
     quarantined = io.read(spark, cfg, "quarantine.events").count()
@@ -233,16 +235,17 @@ def crash_run(spark, workdir: Path, run: CrashRun, broker=None) -> dict:
     assert partition(live_graph) == clean["partition"]
     profiles = io.read(spark, cfg, "gold.profiles")
     assert profiles_by_members(live_graph, profiles) == clean["profiles"]
-    assert profiles.count() == clean["count"]
+    n_profiles = profiles.count()
+    assert n_profiles == clean["count"]
     return {
         "source": run.source,
         "kills": kills,
         "lines": len(lines),
-        "bronze": bronze.count(),
-        "silver": silver.count(),
+        "bronze": n_bronze,
+        "silver": n_silver,
         "quarantined": quarantined,
         "duplicates": rec.duplicates,
-        "profiles": profiles.count(),
+        "profiles": n_profiles,
         "crash_run_s": round(crashed_s, 1),
         "clean_run_s": clean["seconds"],
         "clean_run_shared": clean["runs"] > 1,
