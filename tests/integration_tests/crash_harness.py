@@ -26,7 +26,7 @@ from pipelines.ingest import parse_configured
 from pipelines.reconcile import reconcile
 from pipelines.stream import checkpoint_dir, read_status, run_stream
 from tests.kafka.broker import produce
-from tests.pipelines_tests.test_stream import partition, profiles_by_members
+from tests.pipelines_tests.test_stream import members, partition, profiles_by_members
 
 CONVERGE = str(Path(sys.executable).with_name("converge"))
 
@@ -100,7 +100,8 @@ def _clean_run(spark, workdir: Path, run: CrashRun, events: Path, files: list[Pa
         t1 = time.time()
         run_stream(spark, clean, available_now=True)
         seconds = round(time.time() - t1, 1)
-        graph, profiles = io.read(spark, clean, "gold.identity_graph"), io.read(spark, clean, "gold.profiles")
+        graph = members(io.read(spark, clean, "gold.identity_graph"))
+        profiles = io.read(spark, clean, "gold.profiles")
         _CLEAN_RUNS[key] = {
             "partition": partition(graph),
             "profiles": profiles_by_members(graph, profiles),
@@ -231,7 +232,7 @@ def crash_run(spark, workdir: Path, run: CrashRun, broker=None) -> dict:
     # the same people as a clean single run over the same events (profile ids may differ: the order
     # in which components first appeared differs; the people and their attributes may not)
     clean = _clean_run(spark, workdir, run, data / "events", files)
-    live_graph = io.read(spark, cfg, "gold.identity_graph")
+    live_graph = members(io.read(spark, cfg, "gold.identity_graph"))
     assert partition(live_graph) == clean["partition"]
     profiles = io.read(spark, cfg, "gold.profiles")
     assert profiles_by_members(live_graph, profiles) == clean["profiles"]

@@ -77,9 +77,7 @@ def land_ann(landing: Path, events_only: bool = False) -> None:
 
 def land_bad_rows(landing: Path) -> None:
     (landing / "customers/crm/bad_crm.csv").write_text(
-        "customer_id,first_name,last_name,email,phone,street,city,postal_code,country,date_of_birth,created_at,updated_at\n"
-        ",Nobody,Noid,nobody@x.com,,,,,,,,\n"
-        'C999,"Unclosed,quote,,,,,,,,,\n'
+        f'{CRM_HEADER}\n,Nobody,Noid,nobody@x.com,,,,,,,,\nC999,"Unclosed,quote,,,,,,,,,\n'
     )
     (landing / "orders/bad_orders.csv").write_text(
         "order_id,source_system,customer_id,order_date,amount,currency,status\nBAD1,crm,C1,2026-01-01,twelve,USD,completed\n"
@@ -124,6 +122,9 @@ def build(root: Path) -> Built:
         result = defs.resolve_job_def("converge_all").execute_in_process(
             instance=instance, raise_on_error=False
         )
+    except BaseException:
+        receiver.close()  # pytest runs no teardown after a failed setup
+        raise
     finally:
         for k, v in old.items():
             if v is None:

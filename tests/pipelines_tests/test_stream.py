@@ -28,23 +28,28 @@ from tests.pipelines_tests.test_events import ev
 PROFILE_FIELDS = ["first_name", "last_name", "email", "phone", "event_count", "first_seen", "last_seen"]
 
 
-def partition(graph) -> set[frozenset]:
-    """A graph as the set of its profiles' identifier sets (ids may differ between runs; people may not)."""
+def members(graph) -> dict[str, frozenset]:
+    """profile_id -> its identifiers, collected once (``graph`` may also be this dict, already collected)."""
+    if isinstance(graph, dict):
+        return graph
     groups: dict[str, set] = {}
     for r in graph.select("identifier", "profile_id").collect():
         groups.setdefault(r.profile_id, set()).add(r.identifier)
-    return {frozenset(v) for v in groups.values()}
+    return {k: frozenset(v) for k, v in groups.items()}
+
+
+def partition(graph) -> set[frozenset]:
+    """A graph as the set of its profiles' identifier sets (ids may differ between runs; people may not)."""
+    return set(members(graph).values())
 
 
 def profiles_by_members(graph, profiles, fields=PROFILE_FIELDS) -> dict[frozenset, tuple]:
     """Each profile's attributes keyed by its identifier set, so two runs compare without profile ids."""
-    members: dict[str, set] = {}
-    for r in graph.select("identifier", "profile_id").collect():
-        members.setdefault(r.profile_id, set()).add(r.identifier)
+    members_of = members(graph)
     return {
-        frozenset(members[r.profile_id]): tuple(r[c] for c in fields)
+        members_of[r.profile_id]: tuple(r[c] for c in fields)
         for r in profiles.collect()
-        if r.profile_id in members
+        if r.profile_id in members_of
     }
 
 
