@@ -24,6 +24,7 @@ ANN = {
     "phone": "+15550109999",
 }
 CRM_HEADER = "customer_id,first_name,last_name,email,phone,street,city,postal_code,country,date_of_birth,created_at,updated_at"
+ORDERS_HEADER = "order_id,source_system,customer_id,order_date,amount,currency,status"
 # what Ann and the bad rows add to the generated input, for the counts that must reconcile
 ANN_CRM_ROWS, ANN_EVENT_LINES = 1, 3
 BAD_CRM_ROWS, BAD_EVENT_LINES = 2, 3
@@ -70,7 +71,7 @@ def land_ann(landing: Path, events_only: bool = False) -> None:
         "12345,US,1980-02-03,2025-01-01,2026-10-01\n"
     )
     (landing / "orders/ann_orders.csv").write_text(
-        "order_id,source_system,customer_id,order_date,amount,currency,status\n"
+        f"{ORDERS_HEADER}\n"
         "ANN-O1,crm,CANN1,2026-10-20,450.00,USD,completed\nANN-O2,crm,CANN1,2026-10-25,450.00,USD,completed\n"
     )
 
@@ -80,7 +81,7 @@ def land_bad_rows(landing: Path) -> None:
         f'{CRM_HEADER}\n,Nobody,Noid,nobody@x.com,,,,,,,,\nC999,"Unclosed,quote,,,,,,,,,\n'
     )
     (landing / "orders/bad_orders.csv").write_text(
-        "order_id,source_system,customer_id,order_date,amount,currency,status\nBAD1,crm,C1,2026-01-01,twelve,USD,completed\n"
+        f"{ORDERS_HEADER}\nBAD1,crm,C1,2026-01-01,twelve,USD,completed\n"
     )
     (landing / "events/bad.jsonl").write_text(
         '{"type": "track", "event": "x"\n[1,2]\n{"messageId": "q1", "type": "page"}\n'
