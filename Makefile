@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 
-.PHONY: install demo test ui check lint format bench bench-streaming bench-collector bench-identity bench-profiles bench-governance lock clean
+.PHONY: install demo test ui check lint format bench bench-streaming bench-collector bench-identity bench-profiles bench-governance bench-floor lock clean
 
 $(BIN)/.installed: requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,13 +42,17 @@ format: install
 	$(BIN)/ruff format pipelines assets jobs collector tests benchmarks
 	$(BIN)/ruff check --fix pipelines assets jobs collector tests benchmarks
 
-bench: install  ## pipeline, streaming, collector and identity benchmarks -> docs/benchmarks.md
+bench: install  ## every benchmark below -> docs/benchmarks.md
 	$(BIN)/python -m benchmarks.pipeline $${BENCH_PEOPLE:-10000 100000}
 	$(BIN)/python -m benchmarks.streaming --events $${BENCH_STREAM_EVENTS:-200000}
 	$(BIN)/python -m benchmarks.collector
 	$(BIN)/python -m benchmarks.identity $${BENCH_IDENTITY_PEOPLE:-100000 1000000}
 	$(BIN)/python -m benchmarks.profiles --people $${BENCH_PROFILES_PEOPLE:-1000000}
 	$(BIN)/python -m benchmarks.governance --people $${BENCH_GOVERNANCE_PEOPLE:-1000000}
+	$(BIN)/python -m benchmarks.floor
+
+bench-floor: install  ## floors: the writes the streaming and traits goals require, alone, against those goals
+	$(BIN)/python -m benchmarks.floor
 
 bench-governance: install  ## right to be forgotten: one request and a batch of 1,000 against 1M people
 	$(BIN)/python -m benchmarks.governance --people $${BENCH_GOVERNANCE_PEOPLE:-1000000} --batch $${BENCH_GOVERNANCE_BATCH:-1000}

@@ -30,7 +30,7 @@ from pyspark.sql import functions as F
 
 from benchmarks.machine import append_report
 from pipelines import io
-from pipelines.config import load_config
+from pipelines.config import Config, load_config
 from pipelines.demo_data import generate
 from pipelines.refresh import STATE_KEY
 from pipelines.spark import get_spark
@@ -42,6 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "benchmarks" / "_runs" / "streaming"
 EVENTS_PER_PERSON = 7.37  # what the generator writes on average (1M people = 7.37M lines)
 OFFERED_PER_S = 1000
+HISTORY_FILES = 10  # files of 1,000 events a latency run's lakehouse starts with
 
 
 def _people_for(events: int) -> int:
@@ -141,13 +142,14 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
 
 
-def latency(spark, seconds: int) -> dict:
-    """Files of 1,000 events renamed in once a second while the stream runs with identity updates."""
-    work = RUNS / "latency"
+def lakehouse_with_history(spark, work: Path, live_files: int) -> tuple[Config, list[Path], Path]:
+    """A lakehouse with history under ``work`` (emptied first): files of 1,000 events generated for
+    HISTORY_FILES + ``live_files`` seconds and more, the first HISTORY_FILES through the stream (one batch,
+    profiles built). Returns the config (files source, trigger 2 s), every file generated (the history
+    first) and the landing folder."""
     shutil.rmtree(work, ignore_errors=True)
-    generate(_people_for(OFFERED_PER_S * (seconds + 30)), 11, work / "data", events_per_file=1000)
+    generate(_people_for(OFFERED_PER_S * (live_files + 30)), 11, work / "data", events_per_file=1000)
     files = sorted((work / "data" / "events").glob("*.jsonl"))
-    history, live = files[:10], files[10 : 10 + seconds]
     cfg = load_config(
         "dev",
         lakehouse=str(work / "lakehouse"),
@@ -155,10 +157,17 @@ def latency(spark, seconds: int) -> dict:
     )
     landing = cfg.lakehouse.landing / "events"
     landing.mkdir(parents=True)
-    # a lakehouse with history: the first files through the same stream (one batch), profiles built
-    for f in history:
+    for f in files[:HISTORY_FILES]:
         shutil.copy(f, landing / f.name)
     run_stream(spark, cfg, available_now=True)
+    return cfg, files, landing
+
+
+def latency(spark, seconds: int) -> dict:
+    """Files of 1,000 events renamed in once a second while the stream runs with identity updates."""
+    work = RUNS / "latency"
+    cfg, files, landing = lakehouse_with_history(spark, work, seconds)
+    live = files[HISTORY_FILES : HISTORY_FILES + seconds]
 
     landed: dict[str, tuple[float, int]] = {}
 
