@@ -57,28 +57,33 @@ def evaluate(
     return out
 
 
-def membership_changes(evaluated: DataFrame, cfg: Config) -> DataFrame:
-    """The rows of ``evaluated`` (audience, profile_id, qualifies) whose ``qualifies`` differs from the
-    current membership (no row = not a member), materialised: an incremental ``update_membership``'s source.
+def membership_changes(evaluated: DataFrame, current: DataFrame) -> DataFrame:
+    """The rows of ``evaluated`` (audience, profile_id, qualifies) whose ``qualifies`` differs from
+    ``current``, the evaluated people's membership rows (``current_membership``; no row = not a member),
+    materialised: an incremental ``update_membership``'s source.
 
     Only these rows go into an incremental MERGE, and no MERGE at all (no commit) when there are none: a
     stream batch re-evaluates a few thousand people, most of whom stay where they are, and a MERGE into the
     whole membership table costs seconds however small its source. The MERGE keeps its conditions, so a
-    membership another writer changed in between is still handled right. The evaluated people's membership
-    rows are found with one scan of the table, their profile ids broadcast."""
-    spark = evaluated.sparkSession
-    _ensure_membership(cfg, spark)
-    evaluated = evaluated.localCheckpoint()
-    people = broadcast_if_small(evaluated.select("profile_id").distinct().localCheckpoint())
-    current = (
-        io.read(spark, cfg, "gold.audience_membership")
-        .join(people, "profile_id", "left_semi")
-        .select("audience", "profile_id", "is_member")
-    )
+    membership another writer changed in between is still handled right."""
     return (
         evaluated.join(current, ["audience", "profile_id"], "left")
         .filter(F.col("qualifies") != F.coalesce(F.col("is_member"), F.lit(False)))
         .select("audience", "profile_id", "qualifies")
+        .localCheckpoint()
+    )
+
+
+def current_membership(
+    spark: SparkSession, cfg: Config, people: DataFrame, rows: int | None = None
+) -> DataFrame:
+    """``(audience, profile_id, is_member)``: the membership rows of ``people`` (profile_id, materialised;
+    ``rows``: its count, if known), materialised. One scan of the table, their ids broadcast when few."""
+    _ensure_membership(cfg, spark)
+    return (
+        io.read(spark, cfg, "gold.audience_membership")
+        .join(broadcast_if_small(people.select("profile_id"), rows), "profile_id", "left_semi")
+        .select("audience", "profile_id", "is_member")
         .localCheckpoint()
     )
 

@@ -40,7 +40,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.utils import AnalysisException
 
 from pipelines import io
-from pipelines.audiences import evaluate, membership_changes, update_membership
+from pipelines.audiences import current_membership, evaluate, membership_changes, update_membership
 from pipelines.config import Config
 from pipelines.customers import silver_customers, standardize_customers
 from pipelines.orders import silver_orders, standardize_orders
@@ -212,6 +212,18 @@ def _write_membership_as(
         return update_membership(changes, cfg, as_of, False, txn_app_id, txn_version, session)
 
 
+def _audience_inputs(
+    cfg: Config, profiles: DataFrame, touched: DataFrame, rows: int
+) -> tuple[DataFrame, DataFrame]:
+    """The profile rows and the membership rows of the ``touched`` people (profile_id, materialised, ``rows``
+    of them), materialised: what an incremental run's audiences read besides the traits."""
+    people = broadcast_if_small(touched, rows)
+    return (
+        profiles.join(people, "profile_id", "left_semi").localCheckpoint(),
+        current_membership(touched.sparkSession, cfg, touched, rows),
+    )
+
+
 def refresh_traits_and_audiences(
     spark: SparkSession,
     cfg: Config,
@@ -269,9 +281,16 @@ def refresh_traits_and_audiences(
         stats.profiles = traits.count()
     else:
         stats.mode = "incremental"
-        with stats.phase("traits"):
+        with stats.phase("traits"), ThreadPoolExecutor(1, thread_name_prefix="converge-prefetch") as pool:
+            n_touched = touched.count()
+            # the touched people's profile rows and memberships, which the audiences need, read beside the
+            # traits computation: independent of it, and each read is mostly fixed cost (a Delta snapshot,
+            # a file listing, small jobs), which overlaps with the computation even on 2 cores
+            ahead = pool.submit(_audience_inputs, cfg, profiles, touched, n_touched)
             # the touched people's graph rows: one scan of the graph with a broadcast filter
-            mine = graph.join(broadcast_if_small(touched), "profile_id", "left_semi").localCheckpoint()
+            mine = graph.join(
+                broadcast_if_small(touched, n_touched), "profile_id", "left_semi"
+            ).localCheckpoint()
             small = mine.count() <= BROADCAST_ROWS  # then broadcast into each source's join
             gone = touched.join(
                 mine.select("profile_id").distinct(), "profile_id", "left_anti"
@@ -280,9 +299,10 @@ def refresh_traits_and_audiences(
                 mine, events, orders, customers, cfg.traits, as_of, profile_ids=touched, small_graph=small
             ).localCheckpoint()
             stats.profiles, stats.removed = traits.count(), gone.count()
+            their_profiles, current = ahead.result()
         if stats.profiles + stats.removed == 0:
             stats.mode, stats.reason = "skipped", "no profile touched since the last refresh"
-        live = profiles.join(
+        live = their_profiles.join(
             broadcast_if_small(traits.select("profile_id"), stats.profiles), "profile_id", "left_semi"
         )
         evaluated = evaluate(live, traits, cfg.audiences, as_of).unionByName(
@@ -291,7 +311,7 @@ def refresh_traits_and_audiences(
             ).select("audience", "profile_id", F.lit(False).alias("qualifies"))
         )
         with stats.phase("audiences"):
-            changes = membership_changes(evaluated, cfg)
+            changes = membership_changes(evaluated, current)
             token = uuid.uuid4().hex if changes.count() else None
         if token:  # see the module docstring
             assert state is not None
