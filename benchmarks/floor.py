@@ -327,32 +327,22 @@ def traits_floor(spark, people: int, rounds: int) -> dict:
         ids = F.broadcast(mine.select("identifier", "profile_id"))
         people_ = F.broadcast(mine.select("profile_id").distinct())
         dependent = time.time() - t0
+
         # only the columns that find the rows (the identifiers, the profile ids): the least any refresh
         # reads, whatever its traits and audiences read besides
+        def rows_of(table: str, identifier: F.Column) -> DataFrame:
+            source = silver_or_empty(spark, cfg, table)  # silver.customers may not exist
+            return source.select(identifier.alias("identifier")).join(ids, "identifier")
+
+        def of_people(table: str, *columns: str) -> DataFrame:
+            return io.read(spark, cfg, table).select(*columns).join(people_, "profile_id", "left_semi")
+
         rest = {
-            name: df
-            for name, df in zip(
-                ("events", "orders", "customers", "profiles", "memberships"),
-                [
-                    io.read(spark, cfg, table).select(identifier.alias("identifier")).join(ids, "identifier")
-                    for table, identifier in (
-                        ("silver.events", event_identifier()),
-                        ("silver.orders", order_identifier()),
-                    )
-                ]
-                + [
-                    silver_or_empty(spark, cfg, "silver.customers")
-                    .select(customer_identifier().alias("identifier"))
-                    .join(ids, "identifier"),
-                    io.read(spark, cfg, "gold.profiles")
-                    .select("profile_id")
-                    .join(people_, "profile_id", "left_semi"),
-                    io.read(spark, cfg, "gold.audience_membership")
-                    .select("audience", "profile_id", "is_member")
-                    .join(people_, "profile_id", "left_semi"),
-                ],
-                strict=True,
-            )
+            "events": rows_of("silver.events", event_identifier()),
+            "orders": rows_of("silver.orders", order_identifier()),
+            "customers": rows_of("silver.customers", customer_identifier()),
+            "profiles": of_people("gold.profiles", "profile_id"),
+            "memberships": of_people("gold.audience_membership", "audience", "profile_id", "is_member"),
         }
         t0 = time.time()
         if side:
