@@ -51,7 +51,7 @@ bench: install  ## every benchmark below -> docs/benchmarks.md
 	$(BIN)/python -m benchmarks.governance --people $${BENCH_GOVERNANCE_PEOPLE:-1000000}
 	$(BIN)/python -m benchmarks.floor
 
-bench-floor: install  ## floors: the writes the streaming and traits goals require, alone, against those goals
+bench-floor: install  ## floors: the writes (and for traits the reads) the streaming and traits goals require, alone, against those goals
 	$(BIN)/python -m benchmarks.floor
 
 bench-governance: install  ## right to be forgotten: one request and a batch of 1,000 against 1M people
