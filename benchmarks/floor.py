@@ -135,7 +135,7 @@ def batch_writes(spark, cfg, files: list[Path], batch_id: int) -> tuple[dict[str
     return {
         "bronze": (io.append, bronze, cfg, "bronze.events"),
         "silver": (io.merge_insert_new, events, cfg, "silver.events", ["message_id"]),
-        "edges": (io.merge_upsert, edges, cfg, "silver.identity_edges", EDGE_KEYS, EDGE_UPSERT_SET),
+        "edges": (io.upsert_few, edges, cfg, "silver.identity_edges", EDGE_KEYS, EDGE_UPSERT_SET),
         "graph": (io.merge_upsert, graph, cfg, "gold.identity_graph", ["identifier"]),
         "profiles": (io.merge_upsert, profiles, cfg, "gold.profiles", ["profile_id"]),
     }, rows

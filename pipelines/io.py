@@ -302,6 +302,58 @@ def merge_upsert(
     return _merge(df, cfg, name, keys, txn_app_id, txn_version, clauses, counted=("num_affected_rows",))
 
 
+def upsert_few(
+    df: DataFrame,
+    cfg: Config,
+    name: str,
+    keys: Sequence[str],
+    update_set: dict[str, str] | None = None,
+    txn_app_id: str | None = None,
+    txn_version: int | None = None,
+) -> int:
+    """``merge_upsert`` for a few rows (``df``, unique on ``keys``, which are never null) into a large table:
+    one scan with ``df``'s keys broadcast finds the rows the table holds; those are updated by a MERGE with
+    only a matched clause, the others appended.
+
+    One MERGE with both clauses rewrites with a right outer join of the table and ``df``, which keeps every
+    row of ``df`` and so cannot broadcast it: the whole table is shuffled (and an insert-only MERGE's anti
+    join keeps the source too). A MERGE with only a matched clause is an inner join, which broadcasts ``df``.
+    With a txn app id the first commit carries ``txn_app_id`` and the second ``{txn_app_id}/insert``, so a replay
+    after a crash does only what had not landed: when the first commit landed, the rows it appended (or
+    updated) are held now and the update is skipped as already committed; an append landed last has nothing
+    left to append. The update commits before the append (the other order would update the rows just
+    appended a second time on a replay). The append does not look again for the keys: the caller holds the
+    table's writer lock (the identity lock for silver.identity_edges). Returns the rows updated and inserted."""
+    spark = df.sparkSession
+    held = (
+        read(spark, cfg, name)
+        .select(*keys)
+        .join(F.broadcast(df.select(*keys)), list(keys), "left_semi")
+        .localCheckpoint()
+    )
+    seen = df.join(F.broadcast(held), list(keys), "left_semi").localCheckpoint()
+    new = df.join(F.broadcast(held), list(keys), "left_anti").localCheckpoint()
+    upd = update_set or {c: f"s.`{c}`" for c in df.columns if c not in keys}
+    inserted = new.count()
+    if seen.isEmpty():
+        if inserted:
+            append(new, cfg, name, txn_app_id, txn_version)
+        return inserted
+    updated = _merge(
+        F.broadcast(seen),
+        cfg,
+        name,
+        keys,
+        txn_app_id,
+        txn_version,
+        lambda m: m.whenMatchedUpdate(set=upd),
+        counted=("num_updated_rows",),
+    )
+    if inserted:
+        append(new, cfg, name, None if txn_app_id is None else f"{txn_app_id}/insert", txn_version)
+    return updated + inserted
+
+
 def upserts_and_deletes(rows: DataFrame, deleted_keys: DataFrame, key: str | Sequence[str]) -> DataFrame:
     """``rows`` to upsert and the keys (``key``: a column or several) to delete, as one MERGE source with a
     ``_delete`` flag."""

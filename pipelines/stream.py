@@ -306,14 +306,15 @@ def add_edges(
 ) -> Retyped | None:
     """MERGE the edges of new records' identifier ``observations`` into silver.identity_edges (the table a
     rebuild would have: ``merge_edges``' rules for an edge seen again). A batch's edges are few: they are
-    counted and broadcast, so the MERGE scans the table once instead of shuffling all of it.
+    broadcast, and ``io.upsert_few`` updates the edges seen again and appends the new ones instead of one
+    MERGE that shuffles the whole table (at 1 M people, 4,554 edges into 5.5 M: 11.8 -> 8.6 s, medians of 4).
 
     With ``new_events`` (the records of ``observations``; ``events``: every event, the new ones included;
     ``customers``: every CRM record, if any), earlier aliases they re-read get their edges rebuilt
     (``retyped_edges``, a second MERGE); what changed is returned for ``incremental_identity``."""
     edges = merge_edges(build_edges(observations, cfg.identity.priorities)).localCheckpoint()
     io.ensure(spark, cfg, "silver.identity_edges", edges.schema)
-    io.merge_upsert(
+    io.upsert_few(
         broadcast_if_small(edges),
         cfg,
         "silver.identity_edges",

@@ -198,3 +198,61 @@ def test_overwrite_if_changed_writes_only_a_different_multiset_of_rows(spark, cf
     assert sorted(
         (r.k, r.n, r.ids) for r in io.read(spark, cfg, "quarantine.identity_components").collect()
     ) == [("a", 1, ["y", "x"]), ("b", 2, None), ("b", 3, None)]
+
+
+def test_upsert_few_ends_as_one_merge_does_and_a_replay_adds_nothing(spark, cfg, monkeypatch):
+    """``io.upsert_few`` (an update MERGE, then an append) leaves the table the upsert MERGE of the same rows
+    leaves; with a txn app id, a replay after a crash between its two commits, or after both, changes
+    nothing more: no edge counted twice, none lost."""
+    from pipelines.identity import EDGE_KEYS, EDGE_UPSERT_SET
+
+    schema = (
+        "src string, dst string, rule string, source_table string, source_record string, "
+        "first_seen timestamp, last_seen timestamp, evidence_count long, score double"
+    )
+    from datetime import datetime
+
+    def edge(a, b, day, n, record):
+        t = datetime(2026, 11, day)
+        return (a, b, "event:identify", "silver.events", record, t, t, n, 1.0)
+
+    name = "silver.identity_edges"
+    start = [edge("a", "b", 1, 1, "m1"), edge("b", "c", 2, 2, "m2")]
+    batch = spark.createDataFrame([edge("a", "b", 5, 1, "m9"), edge("c", "d", 5, 1, "m9")], schema)
+    cols = [c.split()[0] for c in schema.split(", ")]
+
+    def table_after(write, *txn):
+        io.overwrite(spark.createDataFrame(start, schema), cfg, name)
+        write(batch, cfg, name, EDGE_KEYS, EDGE_UPSERT_SET, *txn)
+        return sorted(tuple(r) for r in io.read(spark, cfg, name).select(*cols).collect())
+
+    expected = table_after(io.merge_upsert)
+    assert [(r[0], r[1], r[7]) for r in expected] == [("a", "b", 2), ("b", "c", 2), ("c", "d", 1)]
+    assert table_after(io.upsert_few) == expected
+
+    # a crash between the update and the append: the replay appends, and does not update again
+    real_append = io.append
+    crashed = []
+
+    def append_once_crashing(*args, **kwargs):
+        if not crashed:
+            crashed.append(True)
+            raise RuntimeError("killed before the append")
+        return real_append(*args, **kwargs)
+
+    def crash_then_replay(df, c, n, keys, upd, app, version):
+        monkeypatch.setattr(io, "append", append_once_crashing)
+        with pytest.raises(RuntimeError, match="killed"):
+            io.upsert_few(df, c, n, keys, upd, app, version)
+        monkeypatch.setattr(io, "append", real_append)
+        io.upsert_few(df, c, n, keys, upd, app, version)
+        io.upsert_few(df, c, n, keys, upd, app, version)  # and once more after both landed
+
+    assert table_after(crash_then_replay, "stream-1", 7) == expected
+    # only new rows: the append is the first commit; its replay sees them held and skips the update
+    io.overwrite(spark.createDataFrame(start, schema), cfg, name)
+    fresh = spark.createDataFrame([edge("x", "y", 5, 1, "m8")], schema)
+    for _ in range(2):
+        io.upsert_few(fresh, cfg, name, EDGE_KEYS, EDGE_UPSERT_SET, "stream-2", 3)
+    rows = io.read(spark, cfg, name).filter("src = 'x'").select("evidence_count").collect()
+    assert [r[0] for r in rows] == [1]
