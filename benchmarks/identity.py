@@ -93,7 +93,7 @@ def incremental(run: Path) -> None:
     """The update after NEW_EVENTS events, on the state of the build without them (timed: the update)."""
     from pipelines import io
     from pipelines.identity import identifier_observations
-    from pipelines.identity_incremental import incremental_identity
+    from pipelines.identity_incremental import events_near, incremental_identity
     from pipelines.stream import add_edges
 
     spark, cfg = _session(run)
@@ -105,12 +105,15 @@ def incremental(run: Path) -> None:
     new_events = spark.read.parquet(str(run / "events_new.parquet"))
     t0 = time.time()
     known = spark.read.parquet(str(run / "events_old.parquet")).unionByName(new_events)
+    near = events_near(new_events, known)
     new_obs = identifier_observations(
-        customers.limit(0), new_events, cfg.identity.blocklist, cfg.identity.normalizers, known_events=known
+        customers.limit(0), new_events, cfg.identity.blocklist, cfg.identity.normalizers, known_events=near
     ).localCheckpoint()
     # the new events' edges MERGEd into the table, and those of earlier aliases they re-read rebuilt, as a
     # stream batch does
-    retyped = add_edges(spark, cfg, new_obs, new_events=new_events, events=known, customers=customers)
+    retyped = add_edges(
+        spark, cfg, new_obs, new_events=new_events, events=known, customers=customers, near=near
+    )
     edges = io.read(spark, cfg, "silver.identity_edges")
     result = incremental_identity(
         new_obs,

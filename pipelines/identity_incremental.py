@@ -55,8 +55,55 @@ class Retyped:
     vanished: DataFrame  # (identifier) of those read before that no record holds any more
 
 
+def events_near(new_events: DataFrame, events: DataFrame) -> DataFrame:
+    """The ``events`` (every event, the new included; ``_ALIAS_COLUMNS``) that tell how the ``new_events`` and
+    the earlier alias calls those may re-read read: those with an anonymousId that is an anonymousId or an
+    alias's userId among the new events, a userId that is one of their userIds, anonymousIds or alias
+    previousIds, or a previousId that is one of their userIds. What ``identifier_observations`` needs as
+    ``known_events`` to observe the new events (``identity._alias_types``) and what ``retyped_edges`` looks
+    through first, from one scan of the events with the batch's values broadcast, where each of the two
+    scanned them on its own (at 1 M people, 7.6 M events, 10,000 new: the observations and the check
+    7.5 -> 5.7 s, medians of four warm alternating rounds in one process). Materialised."""
+    spark = events.sparkSession
+    fresh = new_events.select("type", "user_id", "anonymous_id", "previous_id").toArrow().to_pandas()
+    alias = fresh["type"] == "alias"
+    anon = set(fresh["anonymous_id"].dropna())
+    users = set(fresh.loc[~alias, "user_id"].dropna())
+    alias_users, alias_previous = (
+        set(fresh.loc[alias, "user_id"].dropna()),
+        set(fresh.loc[alias, "previous_id"].dropna()),
+    )
+    by_anon, by_user, by_previous = anon | alias_users, users | anon | alias_users | alias_previous, users
+    values = sorted(by_anon | by_user)
+    if not values:
+        return events.limit(0).select(*_ALIAS_COLUMNS).localCheckpoint()
+    flags = spark.createDataFrame(
+        [(v, v in by_anon, v in by_user, v in by_previous) for v in values],
+        "v string, a boolean, u boolean, p boolean",
+    )
+
+    def flag(column: str, name: str, source: str) -> DataFrame:
+        return F.broadcast(
+            flags.filter(F.col(source)).select(F.col("v").alias(column), F.lit(True).alias(name))
+        )
+
+    return (
+        events.select(*_ALIAS_COLUMNS)
+        .join(flag("anonymous_id", "_a", "a"), "anonymous_id", "left")
+        .join(flag("user_id", "_u", "u"), "user_id", "left")
+        .join(flag("previous_id", "_p", "p"), "previous_id", "left")
+        .filter(F.col("_a").isNotNull() | F.col("_u").isNotNull() | F.col("_p").isNotNull())
+        .select(*_ALIAS_COLUMNS)
+        .localCheckpoint()
+    )
+
+
 def retyped_edges(
-    new_events: DataFrame, events: DataFrame, customers: DataFrame | None, identity: IdentityConfig
+    new_events: DataFrame,
+    events: DataFrame,
+    customers: DataFrame | None,
+    identity: IdentityConfig,
+    near: DataFrame | None = None,
 ) -> Retyped | None:
     """What the ``new_events`` change in how earlier alias events read, or None (the usual case).
 
@@ -68,9 +115,9 @@ def retyped_edges(
     edges and putting them in place of the stored ones touching those identifiers (``edge_replacement``)
     gives what a rebuild has. ``events`` are all events, the new included; ``customers`` all CRM records.
 
-    The check is one scan of the events for the new events' ids (a few thousand values); only when an
-    alias reads otherwise now are the records holding its identifiers found (a scan of each table) and
-    observed again.
+    The check is one scan of the events for the new events' ids (a few thousand values), or of ``near``
+    (``events_near``: the events it would find, already found); only when an alias reads otherwise now are
+    the records holding its identifiers found (a scan of each table) and observed again.
     """
     is_alias = F.col("type") == "alias"
     spark = events.sparkSession
@@ -93,7 +140,8 @@ def retyped_edges(
 
     hit = lambda c: F.coalesce(F.col(c), F.lit(False))  # noqa: E731
     near = (
-        events.select(*_ALIAS_COLUMNS)
+        (events if near is None else near)
+        .select(*_ALIAS_COLUMNS)
         .join(flags("previous_id", _p_user="user"), "previous_id", "left")
         .join(flags("user_id", _u_user="user", _u_anon="anon"), "user_id", "left")
         .join(flags("anonymous_id", _a_anon="anon"), "anonymous_id", "left")

@@ -49,7 +49,13 @@ from pipelines import io
 from pipelines.config import Config
 from pipelines.identity import EDGE_KEYS, EDGE_UPSERT_SET, build_edges, identifier_observations, merge_edges
 from pipelines.identity_guards import CUT_EDGE_SCHEMA
-from pipelines.identity_incremental import Retyped, edge_replacement, incremental_identity, retyped_edges
+from pipelines.identity_incremental import (
+    Retyped,
+    edge_replacement,
+    events_near,
+    incremental_identity,
+    retyped_edges,
+)
 from pipelines.ingest import BatchStats, process_event_batch
 from pipelines.plans import broadcast_if_small
 from pipelines.profile_ids import MERGES_SCHEMA, REGISTRY_SCHEMA
@@ -303,6 +309,7 @@ def add_edges(
     new_events: DataFrame | None = None,
     events: DataFrame | None = None,
     customers: DataFrame | None = None,
+    near: DataFrame | None = None,
 ) -> Retyped | None:
     """MERGE the edges of new records' identifier ``observations`` into silver.identity_edges (the table a
     rebuild would have: ``merge_edges``' rules for an edge seen again). A batch's edges are few: they are
@@ -310,8 +317,9 @@ def add_edges(
     MERGE that shuffles the whole table (at 1 M people, 4,554 edges into 5.5 M: 11.8 -> 8.6 s, medians of 4).
 
     With ``new_events`` (the records of ``observations``; ``events``: every event, the new ones included;
-    ``customers``: every CRM record, if any), earlier aliases they re-read get their edges rebuilt
-    (``retyped_edges``, a second MERGE); what changed is returned for ``incremental_identity``."""
+    ``customers``: every CRM record, if any; ``near``: ``events_near``, if the caller has it), earlier
+    aliases they re-read get their edges rebuilt (``retyped_edges``, a second MERGE); what changed is
+    returned for ``incremental_identity``."""
     edges = merge_edges(build_edges(observations, cfg.identity.priorities)).localCheckpoint()
     io.ensure(spark, cfg, "silver.identity_edges", edges.schema)
     io.upsert_few(
@@ -325,7 +333,7 @@ def add_edges(
     )
     if new_events is None or events is None:
         return None
-    retyped = retyped_edges(new_events, events, customers, cfg.identity)
+    retyped = retyped_edges(new_events, events, customers, cfg.identity, near)
     if retyped is not None:
         io.merge_upsert(
             edge_replacement(io.read(spark, cfg, "silver.identity_edges"), retyped),
@@ -355,12 +363,13 @@ def update_identity_for_batch(
             new_events = silver.join(batch_events.select(*keys), keys, "left_semi").localCheckpoint()
             n_new = new_events.count()
         with stats.phase("observe"):
+            near = events_near(new_events, silver)  # read by the observations and the re-read check
             obs = identifier_observations(
-                None, new_events, cfg.identity.blocklist, cfg.identity.normalizers, known_events=silver
+                None, new_events, cfg.identity.blocklist, cfg.identity.normalizers, known_events=near
             ).localCheckpoint()
         with stats.phase("edges"):
             customers = silver_or_empty(spark, cfg, "silver.customers")
-            retyped = add_edges(spark, cfg, obs, app_id, batch_id, new_events, silver, customers)
+            retyped = add_edges(spark, cfg, obs, app_id, batch_id, new_events, silver, customers, near)
         stats.replayed_staging = (stage / "_COMPLETE").exists() and _staging_is_current(
             spark, cfg, stage, app_id, batch_id
         )

@@ -467,8 +467,8 @@ def test_incremental_update_rereads_earlier_aliases_as_a_rebuild_does(spark, cfg
     from datetime import timedelta
 
     from pipelines import io
-    from pipelines.identity import EDGE_COLUMNS, merge_edges
-    from pipelines.identity_incremental import incremental_identity, retyped_edges
+    from pipelines.identity import EDGE_COLUMNS, OBSERVATION_COLUMNS, merge_edges
+    from pipelines.identity_incremental import events_near, incremental_identity, retyped_edges
     from pipelines.stream import add_edges
 
     day = timedelta(days=1)
@@ -511,8 +511,17 @@ def test_incremental_update_rereads_earlier_aliases_as_a_rebuild_does(spark, cfg
     g1, reg1 = first.graph.localCheckpoint(), first.registry.localCheckpoint()
     io.overwrite(merge_edges(build_edges(obs1, identity.priorities)), cfg, "silver.identity_edges")
 
-    new_obs = observe(new, every)
-    retyped = add_edges(spark, cfg, new_obs, new_events=new, events=every, customers=None)
+    # as a stream batch does: the events near the batch (one scan) say what all the events say
+    near = events_near(new, every)
+    new_obs = observe(new, near)
+    assert _rows(new_obs, OBSERVATION_COLUMNS) == _rows(observe(new, every), OBSERVATION_COLUMNS)
+    # an alias whose userId earlier events used as anonymousId and whose previousId as userId
+    late_alias = spark.createDataFrame([("m10", "alias", "C", None, "J", None, None, T + day)], EVENT_SCHEMA)
+    seen = every.unionByName(late_alias)
+    alias_obs = _rows(observe(late_alias, events_near(late_alias, seen)), OBSERVATION_COLUMNS)
+    assert alias_obs == _rows(observe(late_alias, seen), OBSERVATION_COLUMNS)
+    assert {r[0] for r in alias_obs} == {"anonymous_id:C", "user_id:J"}
+    retyped = add_edges(spark, cfg, new_obs, new_events=new, events=every, customers=None, near=near)
     assert retyped is not None
     assert {r.identifier for r in retyped.vanished.collect()} == {"anonymous_id:V", "user_id:W"}
     assert not {"user_id:J", "user_id:K"} & {r.identifier for r in retyped.identifiers.collect()}
