@@ -139,7 +139,7 @@ def retyped_edges(
         )
 
     hit = lambda c: F.coalesce(F.col(c), F.lit(False))  # noqa: E731
-    near = (
+    found = (
         (events if near is None else near)
         .select(*_ALIAS_COLUMNS)
         .join(flags("previous_id", _p_user="user"), "previous_id", "left")
@@ -151,7 +151,7 @@ def retyped_edges(
         .select(*_ALIAS_COLUMNS)
         .toArrow()
     )
-    rows = near.select(["message_id", "type", "user_id", "anonymous_id", "previous_id"]).to_pandas()
+    rows = found.select(["message_id", "type", "user_id", "anonymous_id", "previous_id"]).to_pandas()
     earlier = ~rows["message_id"].isin(set(fresh["message_id"]))  # what the stored edges were read with
     alias = (rows["type"] == "alias") & earlier
     users_before = set(rows.loc[earlier & (rows["type"] != "alias"), "user_id"].dropna())
@@ -165,7 +165,7 @@ def retyped_edges(
     if not reread.any():
         return None
     blocklist, normalizers = identity.blocklist, identity.normalizers
-    records = spark.createDataFrame(near.filter(pa.array(reread.to_numpy())))
+    records = spark.createDataFrame(found.filter(pa.array(reread.to_numpy())))
     now = known_for(events, records)
     then = now.join(F.broadcast(spark.createDataFrame(fresh[["message_id"]])), "message_id", "left_anti")
     ids = sorted(
