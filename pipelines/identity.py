@@ -469,10 +469,11 @@ def fits_on_driver(edge_rows: int) -> bool:
 
 class EdgesOnDriver:
     """An edge table's two columns on the driver as integer codes (one Arrow transfer, one dictionary
-    encoding: ``encode_edges``), for what the resolver needs of every edge at once: the hubs (``hubs``, a
-    degree is a global property), the components (``component_pairs``), the components over a per-type
-    limit (``violating``) and the closure of an incremental update's seeds (``closure``): at 1,000,000
-    people (5.5 M edges) Spark's jobs for the same took about 26 s more than this one transfer.
+    encoding: ``encode_edges``), for what a full rebuild needs of every edge at once: the hubs (``hubs``, a
+    degree is a global property), the components (``component_pairs``) and the components over a per-type
+    limit (``violating``): at 1,000,000 people (5.5 M edges) Spark's jobs for the same took about 26 s more
+    than this one transfer. An incremental update needs no identifier order and moves hashes instead
+    (``identity_incremental.HashedEdges``).
 
     ``ascending``: codes in identifier order, so that a component's smallest code is its smallest
     identifier (its label, as Spark's ``least`` orders strings); ``component_pairs`` and ``violating``
@@ -558,33 +559,6 @@ class EdgesOnDriver:
         return self.spark.createDataFrame(
             rows, "component string, id string, id_type string"
         ).localCheckpoint()
-
-    def neighbours(self, of: DataFrame) -> DataFrame:
-        """``(id)``: every identifier that shares an edge with one of ``of`` (id), hub edges included."""
-        _, codes = self._lookup(of)
-        m = len(self.codes) // 2
-        src, dst = self.codes[:m], self.codes[m:]
-        near = np.unique(np.concatenate([dst[np.isin(src, codes)], src[np.isin(dst, codes)]]))
-        rows = pa.table({"id": self.ids.take(pa.array(near, pa.int64())).cast(pa.string())})
-        return self.spark.createDataFrame(rows, "id string").localCheckpoint()
-
-    def closure(self, starts: DataFrame) -> DataFrame:
-        """``(id)``: ``starts`` (id, distinct) and every identifier in a component that holds one, by SciPy's
-        component labels (what a full rebuild's components use), in one pass instead of a scan of every
-        edge per breadth-first round."""
-        start, codes = self._lookup(starts)
-        if len(self.ids):
-            labels = labels_of(self.codes, len(self.ids), self.keep)
-            connected = self.ids.filter(pa.array(np.isin(labels, labels[codes])))
-            start = pc.unique(pa.concat_arrays([connected.cast(start.type), start]))
-        return self.spark.createDataFrame(pa.table({"id": start}), "id string").localCheckpoint()
-
-    def _lookup(self, ids: DataFrame) -> tuple[pa.Array, np.ndarray]:
-        """``ids`` (id) on the driver, and the codes of those on some edge."""
-        wanted = ids.select(F.col("id").cast("string")).toArrow().column("id").combine_chunks()
-        if not len(self.ids):
-            return wanted, np.zeros(0, dtype=np.int64)
-        return wanted, pc.index_in(wanted.cast(self.ids.type), value_set=self.ids).drop_null().to_numpy()
 
 
 def _star_components(current: DataFrame, max_iterations: int) -> DataFrame:

@@ -13,6 +13,8 @@ the components within limits, which are nearly all of them, never leave Spark.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -139,23 +141,7 @@ def cut_hubs(
             spark.createDataFrame([], HUB_SCHEMA),
         )
     if hubs is None:
-        bound = F.element_at(
-            F.create_map(*[x for t, n in max_degree.items() for x in (F.lit(t), F.lit(n))]),
-            identifier_type(F.col("id")),
-        )
-        # only identifiers of a bounded type can be hubs: count their neighbours, nobody else's
-        ends = (
-            edges.select(F.col("src").alias("id"), F.col("dst").alias("other"))
-            .unionByName(edges.select(F.col("dst").alias("id"), F.col("src").alias("other")))
-            .filter(bound.isNotNull())
-        )
-        hubs = (
-            ends.groupBy("id")
-            .agg(F.countDistinct("other").alias("degree"))
-            .filter(F.col("degree") > bound)
-            .select("id", "degree", bound.alias("bound"))
-            .localCheckpoint()
-        )
+        hubs = hub_degrees(edges, max_degree).localCheckpoint()
     # hubs are a few junk values: every join with them (here and in the callers) is a broadcast, not a
     # shuffle of the edges
     small = broadcast_if_small(hubs)
@@ -174,19 +160,44 @@ def cut_hubs(
     return kept, cut.select(*CUT_EDGE_COLUMNS), small
 
 
+def hub_degrees(edges: DataFrame, max_degree: dict[str, int]) -> DataFrame:
+    """``(id, degree, bound)``: the identifiers of ``edges`` linked to more distinct identifiers than their
+    type's ``max_degree`` (not empty), counted on Spark."""
+    bound = F.element_at(
+        F.create_map(*[x for t, n in max_degree.items() for x in (F.lit(t), F.lit(n))]),
+        identifier_type(F.col("id")),
+    )
+    # only identifiers of a bounded type can be hubs: count their neighbours, nobody else's
+    ends = (
+        edges.select(F.col("src").alias("id"), F.col("dst").alias("other"))
+        .unionByName(edges.select(F.col("dst").alias("id"), F.col("src").alias("other")))
+        .filter(bound.isNotNull())
+    )
+    return (
+        ends.groupBy("id")
+        .agg(F.countDistinct("other").alias("degree"))
+        .filter(F.col("degree") > bound)
+        .select("id", "degree", bound.alias("bound"))
+    )
+
+
 def hub_of_cut(reason: Column) -> Column:
     """The hub a cut edge's ``reason`` names (``HUB_REASON``); empty for an edge cut by a per-type limit."""
     return F.regexp_extract(reason, r"^degree: (.*) links [0-9]+ identifiers \(max_degree [0-9]+\)$", 1)
 
 
 def hubs_on_driver(
-    ids: pa.Array, codes: np.ndarray, max_degree: dict[str, int]
+    ids: pa.Array | np.ndarray,
+    codes: np.ndarray,
+    max_degree: dict[str, int],
+    bound_of: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(codes, degrees, bounds)`` of the hubs, what ``cut_hubs`` finds with Spark, from edges already on the
     driver as integer codes (``identity.encode_edges``: ``codes[:m]`` sources, ``codes[m:]`` destinations).
     A degree is the number of distinct other identifiers an identifier shares an edge with (a self-loop
     counts once, an edge listed twice or both ways once). NumPy counts 5.5 M edges in about a second, where
-    Spark's count of every identifier's distinct neighbours took about 10 s on 2 cores."""
+    Spark's count of every identifier's distinct neighbours took about 10 s on 2 cores. ``bound_of`` (codes
+    -> bounds, -1 for none): the caller knows the bounds (``ids`` are then not identifiers but hashes)."""
     empty = np.zeros(0, dtype=np.int64)
     n, m = len(ids), len(codes) // 2
     if not max_degree or n == 0:
@@ -198,8 +209,13 @@ def hubs_on_driver(
     degree = np.bincount(lo, minlength=n) + np.bincount(hi[hi != lo], minlength=n)
     # only identifiers above the smallest bound can be hubs: their types are looked up, nobody else's
     candidates = np.flatnonzero(degree > min(max_degree.values()))
-    kinds = pc.list_element(pc.split_pattern(ids.take(pa.array(candidates)), ":", max_splits=1), 0)
-    bound = np.array([max_degree.get(k, -1) for k in kinds.to_pylist()], dtype=np.int64)
+    if bound_of is not None:
+        bound = bound_of(candidates)
+    else:
+        kinds = pc.list_element(
+            pc.split_pattern(pa.array(ids).take(pa.array(candidates)), ":", max_splits=1), 0
+        )
+        bound = np.array([max_degree.get(k, -1) for k in kinds.to_pylist()], dtype=np.int64)
     over = (bound >= 0) & (degree[candidates] > bound)
     return candidates[over], degree[candidates][over], bound[over]
 

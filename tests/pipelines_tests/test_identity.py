@@ -12,8 +12,8 @@ from pipelines.identity import (
     identifier_observations,
     identity_graph,
 )
-from pipelines.identity_guards import cut_hubs, hub_of_cut
-from pipelines.identity_incremental import touched_identifiers
+from pipelines.identity_guards import cut_hubs, hub_of_cut, hubs_on_driver
+from pipelines.identity_incremental import HashedEdges, touched_identifiers, touched_subgraph
 
 CUSTOMER_SCHEMA = (
     "source_system string, source_id string, user_id string, email string, phone string, "
@@ -112,20 +112,65 @@ def test_hubs_on_the_driver_are_the_hubs_spark_finds(spark):
         "src string, dst string, rule string, source_table string, source_record string, first_seen timestamp",
     )
     max_degree = {"email": 11, "phone": 10}
-    on_driver = EdgesOnDriver(df)
-    got = sorted(tuple(r) for r in on_driver.hubs(max_degree).collect())
+    got = sorted(tuple(r) for r in EdgesOnDriver(df).hubs(max_degree).collect())
     kept, cut, hubs = cut_hubs(df, max_degree)
     expected = sorted(tuple(r) for r in hubs.collect())
     assert got == expected and {"phone:0", "email:1"} <= {h[0] for h in got}
+    # an incremental update counts hashes: a hub of the last build names one found again, a new one is
+    # named and counted on Spark; one that is a hub no more is not named
+    for known in ([], ["phone:0"], ["phone:0", "email:1", "email:2"]):
+        on_driver = HashedEdges(df, max_degree)
+        named = spark.createDataFrame([(k,) for k in known], "id string")
+        assert sorted(tuple(r) for r in on_driver.hubs(named).collect()) == expected
     # an incremental update tells new hubs from old ones by the hub each cut's reason names
     named = {r.hub for r in cut.select(hub_of_cut(F.col("reason")).alias("hub")).distinct().collect()}
     assert named == {h[0] for h in got}
     assert "device:7" not in {h[0] for h in got}
     starts = spark.createDataFrame([("email:2",), ("device:3",), ("unseen",)], "id string")
     prev = spark.createDataFrame([], "identifier string, profile_id string")
-    driver_closure = {r["id"] for r in touched_identifiers(starts, df, prev, on_driver=on_driver).collect()}
+    driver_closure = {r["id"] for r in touched_identifiers(starts, kept, prev, on_driver=on_driver).collect()}
     spark_closure = {r["id"] for r in touched_identifiers(starts, kept, prev).collect()}
     assert driver_closure == spark_closure and "unseen" in driver_closure and "phone:0" not in driver_closure
+
+
+def test_a_hash_collision_only_widens_the_touched_set_by_whole_components(spark, monkeypatch):
+    """An incremental update moves hashes of the identifiers to the driver (``HashedEdges``). With a hash
+    that collides often, the touched set is still whole components of the real graph holding every
+    identifier of the exact closure, its edges are every edge among it, and a hub the driver finds only
+    because of a collision is not one."""
+    rng = random.Random(3)
+    nodes = [f"email:{i:03d}" for i in range(300)]
+    edges = [(rng.choice(nodes), rng.choice(nodes)) for _ in range(120)]
+    edges += [("email:hub", n) for n in nodes[:12]]
+    df = spark.createDataFrame(
+        [(a, b, "rule", "table", "record", T) for a, b in edges],
+        "src string, dst string, rule string, source_table string, source_record string, first_seen timestamp",
+    )
+    seeds = spark.createDataFrame([(n,) for n in nodes[:40:4]], "id string")
+    prev = spark.createDataFrame([], "identifier string, profile_id string")
+    everything = nodes + ["email:hub"]
+    component = _union_find(everything, edges)
+    exact = {n for n in everything if component[n] in {component[s] for s in nodes[:40:4]}}
+    monkeypatch.setattr("pipelines.identity_incremental.identifier_hash", lambda c: F.xxhash64(c) % 200)
+    touched, sub_edges = touched_subgraph(seeds, df, prev, on_driver=HashedEdges(df))
+    ids = {r["id"] for r in touched.collect()}
+    whole = {n for n in everything if component[n] in {component[m] for m in ids}}
+    assert exact < ids and whole == ids  # a collision widened it (this seed and hash do), by whole components
+    assert sorted((r.src, r.dst) for r in sub_edges.collect()) == sorted(e for e in edges if e[0] in ids)
+    # more edges on 30 hashes: the driver's degrees of many are over 11; Spark's count keeps the one hub
+    edges += [(rng.choice(nodes), rng.choice(nodes)) for _ in range(330)]
+    df = spark.createDataFrame([(a, b, "rule", "table", "record", T) for a, b in edges], df.schema)
+    _, _, spark_hubs = cut_hubs(df, {"email": 11})
+    monkeypatch.setattr("pipelines.identity_incremental.identifier_hash", lambda c: F.xxhash64(c) % 30)
+    on_driver = HashedEdges(df, {"email": 11})
+    assert (
+        len(hubs_on_driver(on_driver.ids, on_driver.codes, {"email": 11}, on_driver.bound.__getitem__)[0]) > 1
+    )
+    none_known = spark.createDataFrame([], "id string")
+    assert [tuple(r) for r in on_driver.hubs(none_known).collect()] == [
+        tuple(r) for r in spark_hubs.collect()
+    ]
+    assert [r["id"] for r in spark_hubs.collect()] == ["email:hub"]
 
 
 def _inputs(spark):
