@@ -460,22 +460,23 @@ def test_incremental_update_follows_a_hub_that_comes_or_goes(spark, monkeypatch,
     both = old + new
     at = "2026-11-02 00:00:00"
     full = identity_graph(ids(both), edges(both), max_size, limits, priorities, g1, reg1, at, degree_after)
-    inc = update_identity_graph(
-        ids(both),
-        edges(both),
-        ids(new),
-        g1,
-        cut1,
-        over1,
-        reg1,
-        max_size,
-        limits,
-        priorities,
-        degree_after,
-        at,
-    )
-
-    graph = _assert_incremental_equals_full(inc, full)
+    # the vertices given, and (observations None) those of the earlier graph, the new records and the edges
+    for observations in (ids(both), None):
+        inc = update_identity_graph(
+            observations,
+            edges(both),
+            ids(new),
+            g1,
+            cut1,
+            over1,
+            reg1,
+            max_size,
+            limits,
+            priorities,
+            degree_after,
+            at,
+        )
+        graph = _assert_incremental_equals_full(inc, full)
     members = {}
     for ident, pid, _ in graph:
         members.setdefault(pid, set()).add(ident)
@@ -483,6 +484,62 @@ def test_incremental_update_follows_a_hub_that_comes_or_goes(spark, monkeypatch,
     # everyone is published but a hub
     assert len(members) == case["parts"] and len(graph) == len(everyone) - (case["degree"][1] == 3)
     assert _rows(full.oversized, ["component_id"]) == []
+
+
+def test_a_hub_whose_edges_are_gone_is_no_vertex_of_the_update(spark):
+    """An incremental update that takes its vertices from the earlier graph, the new records and the edges
+    (observations None) reaches a hub of the last build that is one no more; with no edge left (its records
+    forgotten) it is no vertex, as in a rebuild from those vertices."""
+    from pipelines.identity_incremental import update_identity_graph
+
+    def edges(pairs):
+        return spark.createDataFrame(
+            [
+                (a, b, "event:identify", "silver.events", f"m{i}", T, T, 1, 1.0)
+                for i, (a, b) in enumerate(pairs)
+            ],
+            "src string, dst string, rule string, source_table string, source_record string, "
+            "first_seen timestamp, last_seen timestamp, evidence_count long, score double",
+        )
+
+    def ids(names):
+        return spark.createDataFrame(sorted((x,) for x in set(names)), "identifier string")
+
+    hub = [("phone:+15550000000", f"email:{c}@x.com") for c in "abcd"]
+    old, new = hub + [("email:a@x.com", "anonymous_id:x")], [("email:a@x.com", "anonymous_id:y")]
+    limits, priorities = {"user_id": 1}, {"email": 2, "phone": 3, "anonymous_id": 4}
+    first = identity_graph(
+        ids(x for p in old for x in p),
+        edges(old),
+        10,
+        limits,
+        priorities,
+        built_at=str(T),
+        max_degree={"phone": 3},
+    )
+    g1, reg1 = first.graph.localCheckpoint(), first.registry.localCheckpoint()
+    cut1, over1 = first.cut_edges.localCheckpoint(), first.oversized.localCheckpoint()
+    assert "phone:+15550000000" in {r.reason.split(" ")[1] for r in cut1.collect()}
+    now = old[4:] + new  # the hub's records were forgotten: its edges are gone
+    vertices = {r.identifier for r in g1.collect()} | {x for p in now for x in p}
+    at = "2026-11-02 00:00:00"
+    full = identity_graph(ids(vertices), edges(now), 10, limits, priorities, g1, reg1, at, {"phone": 3})
+    inc = update_identity_graph(
+        None,
+        edges(now),
+        ids(x for p in new for x in p),
+        g1,
+        cut1,
+        over1,
+        reg1,
+        10,
+        limits,
+        priorities,
+        {"phone": 3},
+        at,
+    )
+    graph = _assert_incremental_equals_full(inc, full)
+    assert "phone:+15550000000" not in {g[0] for g in graph} and "anonymous_id:y" in {g[0] for g in graph}
 
 
 def _rows(df, cols):
