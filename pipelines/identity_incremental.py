@@ -343,19 +343,6 @@ class HashedEdges:
         return touched, sub_edges
 
 
-def touched_identifiers(
-    seeds: DataFrame,
-    edges: DataFrame,
-    previous: DataFrame,
-    max_rounds: int = 100,
-    edge_rows: int | None = None,
-    on_driver: HashedEdges | None = None,
-) -> DataFrame:
-    """``(id)``: the closure of ``seeds`` (id) over ``edges``, after adding the earlier profiles of the seeds
-    (``touched_subgraph``)."""
-    return touched_subgraph(seeds, edges, previous, max_rounds, edge_rows, on_driver)[0]
-
-
 def touched_subgraph(
     seeds: DataFrame,
     edges: DataFrame,

@@ -13,7 +13,7 @@ from pipelines.identity import (
     identity_graph,
 )
 from pipelines.identity_guards import cut_hubs, hub_of_cut, hubs_on_driver
-from pipelines.identity_incremental import HashedEdges, touched_identifiers, touched_subgraph
+from pipelines.identity_incremental import HashedEdges, touched_subgraph
 
 CUSTOMER_SCHEMA = (
     "source_system string, source_id string, user_id string, email string, phone string, "
@@ -87,7 +87,7 @@ def test_touched_identifiers_close_over_edges_and_earlier_profiles(spark, solver
     component = _union_find(nodes + ["n_new"], edges)
     starts = set(seeds) | {n for n, p in previous if p in {q for m, q in previous if m in seeds}}
     expected = {n for n in component if component[n] in {component[s] for s in starts}}
-    got = touched_identifiers(
+    got, _ = touched_subgraph(
         spark.createDataFrame([(s,) for s in seeds], "id string"),
         spark.createDataFrame(edges, "src string, dst string"),
         spark.createDataFrame(previous, "identifier string, profile_id string"),
@@ -128,8 +128,8 @@ def test_hubs_on_the_driver_are_the_hubs_spark_finds(spark):
     assert "device:7" not in {h[0] for h in got}
     starts = spark.createDataFrame([("email:2",), ("device:3",), ("unseen",)], "id string")
     prev = spark.createDataFrame([], "identifier string, profile_id string")
-    driver_closure = {r["id"] for r in touched_identifiers(starts, kept, prev, on_driver=on_driver).collect()}
-    spark_closure = {r["id"] for r in touched_identifiers(starts, kept, prev).collect()}
+    driver_closure = {r["id"] for r in touched_subgraph(starts, kept, prev, on_driver=on_driver)[0].collect()}
+    spark_closure = {r["id"] for r in touched_subgraph(starts, kept, prev)[0].collect()}
     assert driver_closure == spark_closure and "unseen" in driver_closure and "phone:0" not in driver_closure
 
 
@@ -430,14 +430,7 @@ def test_incremental_update_follows_a_hub_that_comes_or_goes(spark, monkeypatch,
         _distributed(monkeypatch)
 
     def edges(pairs):
-        return spark.createDataFrame(
-            [
-                (a, b, "event:identify", "silver.events", f"m{i}", T, T, 1, 1.0)
-                for i, (a, b) in enumerate(pairs)
-            ],
-            "src string, dst string, rule string, source_table string, source_record string, "
-            "first_seen timestamp, last_seen timestamp, evidence_count long, score double",
-        )
+        return _identify_edges(spark, pairs)
 
     def ids(pairs):
         return spark.createDataFrame(sorted({(x,) for p in pairs for x in p}), "identifier string")
@@ -493,14 +486,7 @@ def test_a_hub_whose_edges_are_gone_is_no_vertex_of_the_update(spark):
     from pipelines.identity_incremental import update_identity_graph
 
     def edges(pairs):
-        return spark.createDataFrame(
-            [
-                (a, b, "event:identify", "silver.events", f"m{i}", T, T, 1, 1.0)
-                for i, (a, b) in enumerate(pairs)
-            ],
-            "src string, dst string, rule string, source_table string, source_record string, "
-            "first_seen timestamp, last_seen timestamp, evidence_count long, score double",
-        )
+        return _identify_edges(spark, pairs)
 
     def ids(names):
         return spark.createDataFrame(sorted((x,) for x in set(names)), "identifier string")
@@ -540,6 +526,15 @@ def test_a_hub_whose_edges_are_gone_is_no_vertex_of_the_update(spark):
     )
     graph = _assert_incremental_equals_full(inc, full)
     assert "phone:+15550000000" not in {g[0] for g in graph} and "anonymous_id:y" in {g[0] for g in graph}
+
+
+def _identify_edges(spark, pairs):
+    """Edges as silver.identity_edges holds them, one identify call each."""
+    return spark.createDataFrame(
+        [(a, b, "event:identify", "silver.events", f"m{i}", T, T, 1, 1.0) for i, (a, b) in enumerate(pairs)],
+        "src string, dst string, rule string, source_table string, source_record string, "
+        "first_seen timestamp, last_seen timestamp, evidence_count long, score double",
+    )
 
 
 def _rows(df, cols):
