@@ -310,20 +310,23 @@ def upsert_few(
     update_set: dict[str, str] | None = None,
     txn_app_id: str | None = None,
     txn_version: int | None = None,
+    delete_flag: str | None = None,
 ) -> int:
     """``merge_upsert`` for a few rows (``df``, unique on ``keys``, which are never null) into a large table:
-    one scan with ``df``'s keys broadcast finds the rows the table holds; those are updated by a MERGE with
-    only a matched clause, the others appended.
+    one scan with ``df``'s keys broadcast finds the rows the table holds; those are updated (or, with
+    ``delete_flag`` true, deleted) by a MERGE with only matched clauses, the others appended (a row to delete
+    that the table does not hold is nothing to do).
 
     One MERGE with both clauses rewrites with a right outer join of the table and ``df``, which keeps every
     row of ``df`` and so cannot broadcast it: the whole table is shuffled (and an insert-only MERGE's anti
-    join keeps the source too). A MERGE with only a matched clause is an inner join, which broadcasts ``df``.
+    join keeps the source too). A MERGE with only matched clauses is an inner join, which broadcasts ``df``.
     With a txn app id the first commit carries ``txn_app_id`` and the second ``{txn_app_id}/insert``, so a replay
     after a crash does only what had not landed: when the first commit landed, the rows it appended (or
-    updated) are held now and the update is skipped as already committed; an append landed last has nothing
-    left to append. The update commits before the append (the other order would update the rows just
-    appended a second time on a replay). The append does not look again for the keys: the caller holds the
-    table's writer lock (the identity lock for silver.identity_edges). Returns the rows updated and inserted."""
+    updated) are held now, the rows it deleted are not and ask nothing, and the update is skipped as already
+    committed; an append landed last has nothing left to append. The update commits before the append (the
+    other order would update the rows just appended a second time on a replay). The append does not look
+    again for the keys: the caller holds the table's writer lock (the stream's identity lock for the identity
+    tables). Returns the rows updated, deleted and inserted."""
     spark = df.sparkSession
     held = (
         read(spark, cfg, name)
@@ -332,26 +335,35 @@ def upsert_few(
         .localCheckpoint()
     )
     seen = df.join(F.broadcast(held), list(keys), "left_semi").localCheckpoint()
-    new = df.join(F.broadcast(held), list(keys), "left_anti").localCheckpoint()
-    upd = update_set or {c: f"s.`{c}`" for c in df.columns if c not in keys}
+    new = df.join(F.broadcast(held), list(keys), "left_anti")
+    if delete_flag:
+        new = new.filter(~F.col(f"`{delete_flag}`")).drop(delete_flag)
+    new = new.localCheckpoint()
+    upd = update_set or {c: f"s.`{c}`" for c in df.columns if c not in keys and c != delete_flag}
     inserted = new.count()
     if seen.isEmpty():
         if inserted:
             append(new, cfg, name, txn_app_id, txn_version)
         return inserted
-    updated = _merge(
+
+    def clauses(m):
+        if delete_flag:
+            m = m.whenMatchedDelete(condition=f"s.`{delete_flag}`")
+        return m.whenMatchedUpdate(condition=f"NOT s.`{delete_flag}`" if delete_flag else None, set=upd)
+
+    changed = _merge(
         F.broadcast(seen),
         cfg,
         name,
         keys,
         txn_app_id,
         txn_version,
-        lambda m: m.whenMatchedUpdate(set=upd),
-        counted=("num_updated_rows",),
+        clauses,
+        counted=("num_updated_rows", "num_deleted_rows"),
     )
     if inserted:
         append(new, cfg, name, None if txn_app_id is None else f"{txn_app_id}/insert", txn_version)
-    return updated + inserted
+    return changed + inserted
 
 
 def upserts_and_deletes(rows: DataFrame, deleted_keys: DataFrame, key: str | Sequence[str]) -> DataFrame:

@@ -273,7 +273,10 @@ def _apply_identity(spark: SparkSession, cfg: Config, stage: Path, app_id: str, 
         io.merge_upsert(registry, cfg, "gold.profile_ids", ["profile_id"], None, app_id, batch_id)
     io.overwrite_if_changed(staged("cut"), cfg, "quarantine.identity_edges", app_id, batch_id)
     io.overwrite_if_changed(staged("oversized"), cfg, "quarantine.identity_components", app_id, batch_id)
-    io.merge_upsert(
+    # a batch's few thousand rows into the whole graph: an update MERGE that broadcasts them, then an append
+    # (at 1 M people, 4,506 rows into 4.6 M: 12.8 -> 6.7 s, medians of four alternating rounds; the
+    # registry's 759 rows into 1 M rows without deletion vectors went the other way, 3.2 -> 4.1 s, and stay)
+    io.upsert_few(
         staged("graph_delta"), cfg, "gold.identity_graph", ["identifier"], None, app_id, batch_id, "_delete"
     )
     profiles = staged("profiles_delta")

@@ -256,3 +256,46 @@ def test_upsert_few_ends_as_one_merge_does_and_a_replay_adds_nothing(spark, cfg,
         io.upsert_few(fresh, cfg, name, EDGE_KEYS, EDGE_UPSERT_SET, "stream-2", 3)
     rows = io.read(spark, cfg, name).filter("src = 'x'").select("evidence_count").collect()
     assert [r[0] for r in rows] == [1]
+
+
+def test_upsert_few_with_a_delete_flag_ends_as_one_merge_does_and_a_replay_adds_nothing(
+    spark, cfg, monkeypatch
+):
+    """With ``delete_flag`` (a stream batch's graph delta: rows to upsert, keys to delete), ``io.upsert_few``
+    deletes the flagged rows the table holds in its MERGE, ignores a flagged key it does not hold, and leaves
+    the table (and count) one ``merge_upsert`` of the same rows leaves, also after a crash between its two
+    commits and a replay."""
+    name = "gold.identity_graph"
+    start = [("a", "p1"), ("b", "p1"), ("d", "p2")]
+    rows = spark.createDataFrame([("a", "p3"), ("c", "p3")], "identifier string, profile_id string")
+    gone = spark.createDataFrame([("b",), ("z",)], "identifier string")
+    delta = io.upserts_and_deletes(rows, gone, "identifier")
+
+    def table_after(write, *txn):
+        io.overwrite(spark.createDataFrame(start, "identifier string, profile_id string"), cfg, name)
+        n = write(delta, cfg, name, ["identifier"], None, *txn)
+        return n, sorted(tuple(r) for r in io.read(spark, cfg, name).collect())
+
+    expected = table_after(io.merge_upsert, None, None, "_delete")
+    assert expected == (3, [("a", "p3"), ("c", "p3"), ("d", "p2")])
+    assert table_after(io.upsert_few, None, None, "_delete") == expected
+
+    real_append = io.append
+    crashed = []
+
+    def append_once_crashing(*args, **kwargs):
+        if not crashed:
+            crashed.append(True)
+            raise RuntimeError("killed before the append")
+        return real_append(*args, **kwargs)
+
+    def crash_then_replay(df, c, n, keys, upd, app, version, flag):
+        monkeypatch.setattr(io, "append", append_once_crashing)
+        with pytest.raises(RuntimeError, match="killed"):
+            io.upsert_few(df, c, n, keys, upd, app, version, flag)
+        monkeypatch.setattr(io, "append", real_append)
+        io.upsert_few(df, c, n, keys, upd, app, version, flag)
+        return io.upsert_few(df, c, n, keys, upd, app, version, flag)  # after both landed: nothing
+
+    assert crashed == [] and table_after(crash_then_replay, "stream-9", 4, "_delete")[1] == expected[1]
+    assert crashed == [True]
