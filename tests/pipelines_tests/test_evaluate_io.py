@@ -231,24 +231,8 @@ def test_upsert_few_ends_as_one_merge_does_and_a_replay_adds_nothing(spark, cfg,
     assert table_after(io.upsert_few) == expected
 
     # a crash between the update and the append: the replay appends, and does not update again
-    real_append = io.append
-    crashed = []
-
-    def append_once_crashing(*args, **kwargs):
-        if not crashed:
-            crashed.append(True)
-            raise RuntimeError("killed before the append")
-        return real_append(*args, **kwargs)
-
-    def crash_then_replay(df, c, n, keys, upd, app, version):
-        monkeypatch.setattr(io, "append", append_once_crashing)
-        with pytest.raises(RuntimeError, match="killed"):
-            io.upsert_few(df, c, n, keys, upd, app, version)
-        monkeypatch.setattr(io, "append", real_append)
-        io.upsert_few(df, c, n, keys, upd, app, version)
-        io.upsert_few(df, c, n, keys, upd, app, version)  # and once more after both landed
-
-    assert table_after(crash_then_replay, "stream-1", 7) == expected
+    replayed = lambda *call: _killed_before_the_append_then_replayed(monkeypatch, *call)  # noqa: E731
+    assert table_after(replayed, "stream-1", 7) == expected
     # only new rows: the append is the first commit; its replay sees them held and skips the update
     io.overwrite(spark.createDataFrame(start, schema), cfg, name)
     fresh = spark.createDataFrame([edge("x", "y", 5, 1, "m8")], schema)
@@ -280,22 +264,21 @@ def test_upsert_few_with_a_delete_flag_ends_as_one_merge_does_and_a_replay_adds_
     assert expected == (3, [("a", "p3"), ("c", "p3"), ("d", "p2")])
     assert table_after(io.upsert_few, None, None, "_delete") == expected
 
+    replayed = lambda *call: _killed_before_the_append_then_replayed(monkeypatch, *call)  # noqa: E731
+    assert table_after(replayed, "stream-9", 4, "_delete") == (0, expected[1]), "the last run: nothing left"
+
+
+def _killed_before_the_append_then_replayed(monkeypatch, *call) -> int:
+    """``io.upsert_few(*call)`` killed between its two commits (its append raises), then replayed, then run
+    once more after both landed; returns what the last run did."""
     real_append = io.append
-    crashed = []
 
-    def append_once_crashing(*args, **kwargs):
-        if not crashed:
-            crashed.append(True)
-            raise RuntimeError("killed before the append")
-        return real_append(*args, **kwargs)
+    def killed(*args, **kwargs):
+        raise RuntimeError("killed before the append")
 
-    def crash_then_replay(df, c, n, keys, upd, app, version, flag):
-        monkeypatch.setattr(io, "append", append_once_crashing)
-        with pytest.raises(RuntimeError, match="killed"):
-            io.upsert_few(df, c, n, keys, upd, app, version, flag)
-        monkeypatch.setattr(io, "append", real_append)
-        io.upsert_few(df, c, n, keys, upd, app, version, flag)
-        return io.upsert_few(df, c, n, keys, upd, app, version, flag)  # after both landed: nothing
-
-    assert crashed == [] and table_after(crash_then_replay, "stream-9", 4, "_delete")[1] == expected[1]
-    assert crashed == [True]
+    monkeypatch.setattr(io, "append", killed)
+    with pytest.raises(RuntimeError, match="killed"):
+        io.upsert_few(*call)
+    monkeypatch.setattr(io, "append", real_append)
+    io.upsert_few(*call)
+    return io.upsert_few(*call)
