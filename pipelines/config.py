@@ -127,6 +127,7 @@ class StreamingConfig(_Strict):
     kafka: KafkaConfig = KafkaConfig()
     update_identity: bool = True  # each micro-batch updates the identity graph and profiles it touches
     update_traits: bool = True  # ... and a thread beside it their traits and audience memberships
+    upsert_few_min_mb: float = Field(16.0, ge=0)  # graph and profile tables this big get io.upsert_few
 
     @field_validator("trigger")
     @classmethod

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from delta.tables import DeltaTable
 from py4j.protocol import Py4JError
@@ -161,17 +161,38 @@ def version(spark: SparkSession, cfg: Config, name: str) -> int:
     count) instead of the commit history, which runs a Spark job per call (~0.14 s warm here, against
     ~0.01 s): a stream batch and a traits refresh look up a dozen versions. Delta's Python API has no
     call for the version alone; if the JVM method is ever missing, the history answers."""
-    path = path_of(cfg, name)
-    jvm = getattr(spark, "_jvm", None)
-    if jvm is not None:
-        try:
-            log = jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, path)
-            empty = jvm.scala.Option.empty()
-            return int(log.update(False, empty, empty).version())
-        except Py4JError:
-            pass
+    snapshot = _latest_snapshot(spark, path_of(cfg, name))
+    if snapshot is not None:
+        return int(snapshot.version())
     last = commits(spark, cfg, name, limit=1)
     return last[0]["version"] if last else -1
+
+
+def size_in_bytes(spark: SparkSession, cfg: Config, name: str) -> int:
+    """The bytes of the table's current data files, from Delta's log as ``version`` reads it (DESCRIBE
+    DETAIL if the JVM call is missing); 0 for a table that does not exist."""
+    if not exists(spark, cfg, name):
+        return 0
+    path = path_of(cfg, name)
+    snapshot = _latest_snapshot(spark, path)
+    if snapshot is not None:
+        return int(snapshot.sizeInBytes())
+    detail = DeltaTable.forPath(spark, path).detail().first()
+    return int(detail["sizeInBytes"]) if detail else 0
+
+
+def _latest_snapshot(spark: SparkSession, path: str) -> Any:
+    """Delta's snapshot (a py4j object) of the table at ``path`` after a listing of its log
+    (``DeltaLog.update``), or None when the JVM method is missing (Delta's Python API has no call for it)."""
+    jvm = getattr(spark, "_jvm", None)
+    if jvm is None:
+        return None
+    try:
+        log = jvm.org.apache.spark.sql.delta.DeltaLog.forTable(spark._jsparkSession, path)
+        empty = jvm.scala.Option.empty()
+        return log.update(False, empty, empty)
+    except Py4JError:
+        return None
 
 
 def versions(spark: SparkSession, cfg: Config, names: Sequence[str]) -> dict[str, int]:
@@ -289,17 +310,31 @@ def merge_upsert(
     whose flag column is true deletes its match instead (and is never inserted); the flag is not a column
     of the table. Returns the number of rows inserted, updated or deleted (0 for a skipped txn version).
     """
-    cols = [c for c in df.columns if c != delete_flag]
-    upd = update_set or {c: f"s.`{c}`" for c in cols if c not in keys}
-    ins = {c: f"s.`{c}`" for c in cols}
-    keep = f"NOT s.`{delete_flag}`" if delete_flag else None
+    matched, keep = _matched_clauses(df, keys, update_set, delete_flag)
+    ins = {c: f"s.`{c}`" for c in df.columns if c != delete_flag}
 
     def clauses(m):
-        if delete_flag:
-            m = m.whenMatchedDelete(condition=f"s.`{delete_flag}`")
-        return m.whenMatchedUpdate(condition=keep, set=upd).whenNotMatchedInsert(condition=keep, values=ins)
+        return matched(m).whenNotMatchedInsert(condition=keep, values=ins)
 
     return _merge(df, cfg, name, keys, txn_app_id, txn_version, clauses, counted=("num_affected_rows",))
+
+
+def _matched_clauses(
+    df: DataFrame, keys: Sequence[str], update_set: dict[str, str] | None, delete_flag: str | None
+) -> tuple[Callable, str | None]:
+    """The WHEN MATCHED clauses of an upsert of ``df`` (``merge_upsert``'s and ``upsert_few``'s): a source
+    row whose ``delete_flag`` is true deletes its match, the others update it with ``update_set`` (default:
+    every column but the keys). Returns the function adding them to a merge builder, and the condition that
+    keeps a source row (``None`` without a flag)."""
+    upd = update_set or {c: f"s.`{c}`" for c in df.columns if c not in keys and c != delete_flag}
+    keep = f"NOT s.`{delete_flag}`" if delete_flag else None
+
+    def matched(m):
+        if delete_flag:
+            m = m.whenMatchedDelete(condition=f"s.`{delete_flag}`")
+        return m.whenMatchedUpdate(condition=keep, set=upd)
+
+    return matched, keep
 
 
 def upsert_few(
@@ -339,18 +374,11 @@ def upsert_few(
     if delete_flag:
         new = new.filter(~F.col(f"`{delete_flag}`")).drop(delete_flag)
     new = new.localCheckpoint()
-    upd = update_set or {c: f"s.`{c}`" for c in df.columns if c not in keys and c != delete_flag}
     inserted = new.count()
     if seen.isEmpty():
         if inserted:
             append(new, cfg, name, txn_app_id, txn_version)
         return inserted
-
-    def clauses(m):
-        if delete_flag:
-            m = m.whenMatchedDelete(condition=f"s.`{delete_flag}`")
-        return m.whenMatchedUpdate(condition=f"NOT s.`{delete_flag}`" if delete_flag else None, set=upd)
-
     changed = _merge(
         F.broadcast(seen),
         cfg,
@@ -358,7 +386,7 @@ def upsert_few(
         keys,
         txn_app_id,
         txn_version,
-        clauses,
+        _matched_clauses(df, keys, update_set, delete_flag)[0],
         counted=("num_updated_rows", "num_deleted_rows"),
     )
     if inserted:

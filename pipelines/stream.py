@@ -67,6 +67,8 @@ QUERY_NAME = "converge_events"
 STATUS_FILE = "converge_status.json"
 GRAPH_SCHEMA = "identifier string, id_type string, id_value string, profile_id string, component_size long"
 OVERSIZED_SCHEMA = "component_id string, component_size long, most_connected_identifiers array<string>"
+# the tables a batch's identity update upserts into (and deletes from), by one MERGE or by io.upsert_few
+UPSERTED_TABLES = ("gold.identity_graph", "gold.profiles")
 # the tables an identity update reads and writes, in the order the staged result is applied
 GOLD_TABLES = [
     "gold.profile_merges",
@@ -234,6 +236,11 @@ def _stage_identity(
     _write_staged_frames(out, stage, stats)
     stats.touched_identifiers = io.read_staged(spark, stage / "graph_delta").count()
     (stage / "base_versions.json").write_text(json.dumps(base))
+    # decided here, from the tables as this update read them, so a replay writes each table as the first
+    # attempt began to (upsert_few's second commit has a txn id of its own, which one MERGE would not make)
+    least = cfg.streaming.upsert_few_min_mb * 2**20
+    few = [t for t in UPSERTED_TABLES if io.size_in_bytes(spark, cfg, t) >= least]
+    (stage / "upsert_few.json").write_text(json.dumps(few))
     (stage / "_COMPLETE").write_text(built_at)
 
 
@@ -273,19 +280,24 @@ def _apply_identity(spark: SparkSession, cfg: Config, stage: Path, app_id: str, 
         io.merge_upsert(registry, cfg, "gold.profile_ids", ["profile_id"], None, app_id, batch_id)
     io.overwrite_if_changed(staged("cut"), cfg, "quarantine.identity_edges", app_id, batch_id)
     io.overwrite_if_changed(staged("oversized"), cfg, "quarantine.identity_components", app_id, batch_id)
-    # a batch's few thousand rows into the whole graph: an update MERGE that broadcasts them, then an append
-    # (at 1 M people, 4,506 rows into 4.6 M: 12.8 -> 6.7 s, medians of four alternating rounds; the
-    # registry's 759 rows into 1 M rows without deletion vectors went the other way, 3.2 -> 4.1 s, and stay)
-    io.upsert_few(
-        staged("graph_delta"), cfg, "gold.identity_graph", ["identifier"], None, app_id, batch_id, "_delete"
-    )
+    # a batch's few thousand rows into a large graph or profiles table: an update MERGE that broadcasts them,
+    # then an append (conf streaming.upsert_few_min_mb; a stage written before that file: the graph alone);
+    # the registry's 759 rows into 1 M rows without deletion vectors went the other way, 3.2 -> 4.1 s
+    plan = stage / "upsert_few.json"
+    few = json.loads(plan.read_text()) if plan.exists() else ["gold.identity_graph"]
+
+    def upsert(df: DataFrame, name: str, key: str) -> int:
+        write = io.upsert_few if name in few else io.merge_upsert
+        return write(df, cfg, name, [key], None, app_id, batch_id, "_delete")
+
+    upsert(staged("graph_delta"), "gold.identity_graph", "identifier")
     profiles = staged("profiles_delta")
     if not io.exists(spark, cfg, "gold.profiles"):
         io.overwrite(
             profiles.filter(~F.col("_delete")).drop("_delete"), cfg, "gold.profiles", app_id, batch_id
         )
         return int(profiles.count())
-    return io.merge_upsert(profiles, cfg, "gold.profiles", ["profile_id"], None, app_id, batch_id, "_delete")
+    return upsert(profiles, "gold.profiles", "profile_id")
 
 
 def _staging_is_current(spark: SparkSession, cfg: Config, stage: Path, app_id: str, batch_id: int) -> bool:

@@ -105,26 +105,37 @@ def test_a_table_another_process_creates_is_seen_once_its_first_commit_lands(spa
     assert io.read(spark, cfg, name).count() == 1
 
 
-def test_a_tables_version_is_its_last_commit_even_one_another_process_made(spark, cfg, tmp_path):
-    """``io.version`` reads Delta's log, not the history: it must agree with the history after each
-    write, answer -1 before the first commit, and see a commit that reached the folder from elsewhere."""
+def test_a_tables_version_and_size_are_its_last_commits_even_one_another_process_made(spark, cfg, tmp_path):
+    """``io.version`` and ``io.size_in_bytes`` read Delta's log, not the history or DESCRIBE DETAIL: they must
+    agree with those after each write, answer -1 and 0 before the first commit, and see a commit that reached
+    the folder from elsewhere."""
     import shutil
 
+    from delta.tables import DeltaTable
+
     name = "gold.profile_merges"
-    assert io.version(spark, cfg, name) == -1
+
+    def agree() -> None:
+        assert io.version(spark, cfg, name) == io.commits(spark, cfg, name, limit=1)[0]["version"]
+        detail = DeltaTable.forPath(spark, io.path_of(cfg, name)).detail().first()
+        assert io.size_in_bytes(spark, cfg, name) == detail["sizeInBytes"]
+
+    assert io.version(spark, cfg, name) == -1 and io.size_in_bytes(spark, cfg, name) == 0
     df = spark.createDataFrame([("a",)], "x string")
     io.ensure(spark, cfg, name, df.schema)
     for _ in range(2):
         io.append(df, cfg, name)
-        assert io.version(spark, cfg, name) == io.commits(spark, cfg, name, limit=1)[0]["version"]
+        agree()
     assert io.version(spark, cfg, name) == 2
+    size = io.size_in_bytes(spark, cfg, name)
     # "another process" commits versions 3 and 4: its log files are copied in, this session is not told
     elsewhere = tmp_path / "elsewhere"
     shutil.copytree(io.path_of(cfg, name), elsewhere)
     for _ in range(2):
         df.write.format("delta").mode("append").save(str(elsewhere))
     shutil.copytree(elsewhere, io.path_of(cfg, name), dirs_exist_ok=True)
-    assert io.version(spark, cfg, name) == 4
+    assert io.version(spark, cfg, name) == 4 and io.size_in_bytes(spark, cfg, name) > size > 0
+    agree()
     assert io.read(spark, cfg, name).count() == 4
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from dagster import AssetKey, RunRequest, SkipReason, build_sensor_context
+from delta.tables import DeltaTable
 from pyspark.sql import functions as F
 
 from assets.resources import SparkResource
@@ -106,9 +107,19 @@ def assert_stream_equals_full_rebuild(spark, cfg):
         assert io.read(spark, cfg, "gold.profile_traits").count() == len(live_traits)
 
 
+def _commits_since_creation(spark, cfg, name: str) -> list[str]:
+    """Each commit after the table's first, oldest first: ``MERGE``, or ``WRITE <mode>``."""
+    history = DeltaTable.forPath(spark, io.path_of(cfg, name)).history().filter("version > 0")
+    return [
+        f"{r.operation} {r.operationParameters.get('mode', '')}".strip()
+        for r in history.orderBy("version").collect()
+    ]
+
+
 def test_stream_batches_keep_identity_and_profiles_equal_to_a_full_rebuild(spark, cfg, monkeypatch):
     cfg.identity.probabilistic = None
     cfg.streaming.max_files_per_trigger = 1
+    cfg.streaming.upsert_few_min_mb = 0  # the graph and profiles by io.upsert_few whatever their size
     generate(30, 11, cfg.lakehouse.landing, events_per_file=120)
     bad = ["{broken", ev(messageId="nobody", anonymousId=None), "[1]"]
     (cfg.lakehouse.landing / "events" / "zz-bad.jsonl").write_text("\n".join(bad) + "\n")
@@ -117,6 +128,9 @@ def test_stream_batches_keep_identity_and_profiles_equal_to_a_full_rebuild(spark
     batches = run_stream(spark, cfg, available_now=True)
     assert len(batches) == len(files)
     assert_stream_equals_full_rebuild(spark, cfg)
+    # upsert_few: an update MERGE of the rows the table held, then an append of the new ones
+    for table in ("gold.identity_graph", "gold.profiles"):
+        assert {"MERGE", "WRITE Append"} <= set(_commits_since_creation(spark, cfg, table)), table
     status = read_status(cfg)
     assert status["state"] == "stopped" and status["backlog_files"] == 0
     rows = status["batches"]
@@ -164,8 +178,17 @@ def kafka_cfg(cfg, kafka_broker, request):
     return cfg
 
 
-def test_kafka_source_loads_each_message_once_and_says_where_rejects_came_from(spark, kafka_cfg):
+def test_kafka_source_loads_each_message_once_and_says_where_rejects_came_from(spark, kafka_cfg, monkeypatch):
     cfg, topic = kafka_cfg, kafka_cfg.streaming.kafka.topic
+    writes: list[tuple[str, str]] = []  # (io function, table) of each upsert
+    for fn in ("merge_upsert", "upsert_few"):
+        real = getattr(io, fn)
+
+        def spy(df, cfg_, name, *args, _fn=fn, _real=real, **kwargs):
+            writes.append((_fn, name))
+            return _real(df, cfg_, name, *args, **kwargs)
+
+        monkeypatch.setattr(io, fn, spy)
     servers = cfg.streaming.kafka.bootstrap_servers
     first = [
         ev(messageId="k1", userId="u1", type="identify", event=None, traits={"email": "ann@example.com"}),
@@ -193,6 +216,8 @@ def test_kafka_source_loads_each_message_once_and_says_where_rejects_came_from(s
     assert sorted(reasons) == ["invalid_json", "invalid_json", "message_id_conflict"]
     assert io.read(spark, cfg, "silver.events").count() == 3
     assert_stream_equals_full_rebuild(spark, cfg)
+    # tables this small (conf streaming.upsert_few_min_mb) take a batch's rows by one MERGE
+    assert ("merge_upsert", "gold.profiles") in writes and ("upsert_few", "gold.profiles") not in writes
     status = read_status(cfg)
     assert status["source"] == "kafka" and status["batches"][-1]["kafka_offsets_behind_latest"] in (0, "0")
     assert json.loads(json.dumps(status))  # plain JSON for `converge stream status --format json`
